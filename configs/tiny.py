@@ -1,0 +1,28 @@
+"""Tiny CPU-sized Engram GPT: depth 4, width 256, vocab 8192, tiny tables.
+
+Trains on a 2-core CPU in minutes. Variants: `configs/tiny.py` (Engram on) and
+`configs/tiny.py:base` (the no-Engram control).
+"""
+
+from engram_jax import config as config_lib
+
+
+def get_config(variant: str = "engram"):
+  cfg = config_lib.base_config()
+  cfg.name = "tiny"
+  cfg.model.depth = 4  # blocks; width = 4 * 64 = 256, 4 heads
+  cfg.model.aspect_ratio = 64  # width per block of depth
+  cfg.model.sequence_len = 256  # tokens per training row
+  cfg.model.vocab_size = 8192  # BPE vocabulary, specials included
+  config_lib.apply_preset(cfg, "tiny")  # 5,000 primes per head, 8 floats per row
+  cfg.engram.layer_ids = (1, 2)  # blocks with an Engram layer; memory writes into block 2
+  cfg.tokenizer.train_chars = 20_000_000  # characters sampled to train the BPE
+  cfg.train.total_batch_tokens = 4096  # tokens per optimiser step (16 rows of 256)
+  cfg.train.device_batch_size = 16  # rows per micro-step, all devices together
+  cfg.train.num_iterations = 600  # optimiser steps
+  if variant == "base":
+    cfg.name = "tiny_base"
+    cfg.engram.enabled = False  # no-Engram control
+  elif variant != "engram":
+    raise ValueError(f"Unknown tiny variant {variant!r}; use 'engram' or 'base'.")
+  return cfg
