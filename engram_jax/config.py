@@ -72,11 +72,51 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.tokenizer.train_chars = 200_000_000  # characters sampled to train the BPE
   cfg.tokenizer.doc_cap_chars = 10_000  # each training document is cut to this length
 
+  cfg.data = ml_collections.ConfigDict()
+  cfg.data.source = "embedded"  # "embedded" (packaged prose + synthetic), "files" or "hub"
+  cfg.data.paths = ()  # with source="files": .txt, .jsonl or .parquet files or directories
+  cfg.data.hub_repo = "karpathy/climbmix-400b-shuffle"  # with source="hub": dataset repo id
+  cfg.data.hub_shards = (0, 1)  # with source="hub": train shard indices to download
+  cfg.data.hub_val_shard = 6542  # with source="hub": the shard used for validation
+  cfg.data.dir = ""  # token shards; empty = <workdir>/data
+  cfg.data.val_permille = 20  # documents whose content hash falls in this many per mille go to val
+  cfg.data.synthetic_users = 2_000  # synthetic persona documents mixed into the embedded source
+  cfg.data.shuffle_seed = 1234  # order of packed rows in each epoch
+
+  cfg.optim = ml_collections.ConfigDict()
+  cfg.optim.embedding_lr = 0.3  # AdamW lr of wte, before the width scale (d / 768)^-0.5
+  cfg.optim.unembedding_lr = 0.008  # AdamW lr of lm_head, before the width scale
+  cfg.optim.matrix_lr = 0.02  # Muon lr of block matrices and Engram W_K, W_V
+  cfg.optim.scalar_lr = 0.5  # AdamW lr of x0_lambdas (resid_lambdas get 0.01x)
+  cfg.optim.smear_lr = 0.2  # AdamW lr of smear gate, smear and backout lambdas
+  cfg.optim.engram_table_lr_mult = 5.0  # Engram tables: this times the scaled embedding lr
+  cfg.optim.weight_decay = 0.05  # Muon (cautious) weight decay
+  cfg.optim.adam_eps = 1e-10  # AdamW epsilon
+  cfg.optim.muon_momentum = 0.95  # Muon Nesterov momentum
+  cfg.optim.muon_beta2 = 0.9  # NorMuon second-moment decay
+  cfg.optim.muon_ns_steps = 5  # Polar Express iterations
+  cfg.optim.warmup_steps = 20  # linear lr warmup, in optimiser steps
+  cfg.optim.warmdown_frac = 0.5  # fraction of steps with linear decay at the end
+  cfg.optim.final_lr_frac = 0.05  # lr multiplier reached at the last step
+
+  cfg.mesh = ml_collections.ConfigDict()
+  cfg.mesh.data = -1  # data-parallel axis size; -1 takes the devices left over
+  cfg.mesh.fsdp = 1  # parameter-sharding axis size for the dense weights
+  cfg.mesh.table = 1  # Engram table rows are sharded over this many devices
+
   cfg.train = ml_collections.ConfigDict()
   cfg.train.total_batch_tokens = 131_072  # tokens per optimiser step
   cfg.train.device_batch_size = 8  # rows per micro-step (all devices together)
   cfg.train.num_iterations = 4_000  # optimiser steps
-  cfg.train.seed = 42  # parameter init and data order
+  cfg.train.seed = 42  # parameter init
+  cfg.train.log_every = 10  # steps between progress lines
+  cfg.train.eval_every = 500  # steps between validation bpb measurements (and at the end)
+  cfg.train.eval_tokens = 524_288  # validation tokens per measurement
+  cfg.train.checkpoint_every = 500  # steps between checkpoints (and at the end)
+  cfg.train.max_to_keep = 3  # checkpoints kept on disk
+  cfg.train.sample_every = 500  # steps between short greedy samples; 0 disables
+  cfg.train.sample_tokens = 32  # tokens per greedy sample
+  cfg.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = guess from the device kind
   return cfg
 
 
