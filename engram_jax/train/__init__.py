@@ -1,0 +1,1 @@
+"""Pretraining: optimiser, mesh, train step, checkpoints, evaluation."""
