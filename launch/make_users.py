@@ -20,7 +20,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Generator seed (non-negative).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace user files that already exist.")
 
 
-def write_users(out: pathlib.Path, num_users: int, seed: int, overwrite: bool) -> list[pathlib.Path]:
+def write_users(out: pathlib.Path, num_users: int, seed: int,
+                overwrite: bool) -> list[pathlib.Path]:
   """Generate the users and write them under `out`; return the written paths."""
   users = generate_users(num_users, seed)
   paths = [out / f"{user.uid}.json" for user in users]

@@ -324,7 +324,8 @@ def test_embedded_description_pins_sdist():
 
 def test_hash_split_pinned():
   # sha256("hello") starts with 2cf24dba, and 0x2cf24dba % 1000 == 114.
-  assert (shards.hash_split("hello", 114), shards.hash_split("hello", 115)) == ("train", "val")
+  assert shards.hash_split("hello", 114) == "train"
+  assert shards.hash_split("hello", 115) == "val"
 
 
 def test_hash_split_deterministic():
@@ -390,7 +391,9 @@ def test_manifest_contents(tokenizer, tmp_path):
   expected_tokens = sum(len(ids) + 1 for ids in tokenizer.encode_batch(DOCS))
   assert manifest["format"] == "engram-token-shards/1"
   assert manifest["tokenizer_fingerprint"] == tokenizer.fingerprint
-  assert (manifest["vocab_size"], manifest["bos_id"], manifest["dtype"]) == (300, tokenizer.bos_id, "uint16")
+  assert manifest["vocab_size"] == 300
+  assert manifest["bos_id"] == tokenizer.bos_id
+  assert manifest["dtype"] == "uint16"
   assert train["documents"] + val["documents"] == len(DOCS)
   assert train["tokens"] + val["tokens"] == expected_tokens
   assert train["text_bytes"] + val["text_bytes"] == sum(len(d.encode("utf-8")) for d in DOCS)
@@ -404,12 +407,14 @@ def test_manifest_no_leftovers(tokenizer, tmp_path):
 
 
 def test_token_dtype_wide_vocab():
-  assert (shards.token_dtype(65_536), shards.token_dtype(65_537)) == (np.uint16, np.uint32)
+  assert shards.token_dtype(65_536) == np.uint16
+  assert shards.token_dtype(65_537) == np.uint32
 
 
 def test_labelled_pairs(tokenizer, tmp_path):
   manifest = _write(tokenizer, tmp_path, documents=[("val", "a b"), ("train", "c d")], split_fn=None)
-  assert (manifest["splits"]["train"]["documents"], manifest["splits"]["val"]["documents"]) == (1, 1)
+  assert manifest["splits"]["train"]["documents"] == 1
+  assert manifest["splits"]["val"]["documents"] == 1
 
 
 def test_plain_text_needs_split_fn(tokenizer, tmp_path):
@@ -592,7 +597,8 @@ def test_hub_prepare(hub_server, tmp_path):
   cfg.data.source, cfg.data.hub_repo, cfg.data.hub_shards, cfg.data.hub_val_shard = "hub", "owner/corpus", (0, 1), 9
   corpus = train_tokenizer.open_corpus(cfg, cache_dir=str(tmp_path / "cache"), hub_endpoint=endpoint)
   manifest = shards.load_manifest(prepare_data.prepare(cfg, str(tmp_path / "work"), corpus=corpus))
-  assert (manifest["splits"]["train"]["documents"], manifest["splits"]["val"]["documents"]) == (151, 3)
+  assert manifest["splits"]["train"]["documents"] == 151
+  assert manifest["splits"]["val"]["documents"] == 3
   assert manifest["val_rule"] == "val = every document of hub shard shard_00009.parquet; train = the listed train shards"
 
 

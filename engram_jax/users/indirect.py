@@ -127,8 +127,10 @@ def allergy_questions(attrs: dict[str, Any], rng: np.random.Generator) -> list[I
   return [
       _qa("ALLERGY", "unsafe_0", f"Can I safely eat {bad[0]}?", "No", ["allergy"]),
       _qa("ALLERGY", "safe_0", f"Can I safely eat {good[0]}?", "Yes", ["allergy"]),
-      _qa("ALLERGY", "unsafe_1", f"Would a serving of {bad[1]} set off my food allergy?", "Yes", ["allergy"]),
-      _qa("ALLERGY", "safe_1", f"Would a serving of {good[1]} set off my food allergy?", "No", ["allergy"]),
+      _qa("ALLERGY", "unsafe_1", f"Would a serving of {bad[1]} set off my food allergy?", "Yes",
+          ["allergy"]),
+      _qa("ALLERGY", "safe_1", f"Would a serving of {good[1]} set off my food allergy?", "No",
+          ["allergy"]),
   ]
 
 

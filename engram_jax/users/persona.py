@@ -1,13 +1,14 @@
 """Short persona documents for pretraining text.
 
-Each document states facts about one synthetic person or organisation, in
-the first person, the third person, or as "Q: ...\\nA: ..." lines after the
-statements, so a pretrained model has seen both the statement style of fact
-prompts and the question style of held-out probes. Document i is drawn from
-its own generator seeded with (PERSONA_STREAM, seed, i). Evaluation users come
-from USER_STREAM, so by default no evaluation user appears here. Chance
-overlaps of single values (a shared first name or city) remain, because both
-streams draw from the same pools.
+Each document states facts about one synthetic person or organisation. It is
+written in the first person, in the third person, or as statements followed
+by "Q: ...\nA: ..." lines. A model pretrained on them has seen both the
+statement style of fact prompts and the question style of held-out probes.
+
+Document i is drawn from its own generator seeded with (PERSONA_STREAM, seed,
+i). Evaluation users come from USER_STREAM, so by default no evaluation user
+appears here. Chance overlaps of single values (a shared first name or city)
+remain, because both streams draw from the same pools.
 """
 
 from collections.abc import Iterator
@@ -103,9 +104,9 @@ def person_document(rng: np.random.Generator, style: str, uid: str) -> str:
                      + _statements(rng, facts, person))
   if style in ("first_person", "third_person"):
     return body
-  asked = facts[:int(rng.integers(2, len(facts) + 1))]
+  questioned = facts[:int(rng.integers(2, len(facts) + 1))]
   field = "ask" if person == "first" else "ask_third"
-  pairs = [(getattr(templates.TEMPLATES[key], field).format(**ctx), ctx["a"]) for key, ctx in asked]
+  pairs = [(getattr(templates.TEMPLATES[key], field).format(**ctx), ctx["a"]) for key, ctx in questioned]
   return body + "\n\n" + _qa_lines(pairs)
 
 
@@ -118,19 +119,12 @@ def organisation_document(rng: np.random.Generator) -> str:
   body = _paragraphs(rng, sentences)
   if rng.random() < 0.5:
     return body
-  asked = chosen[:int(rng.integers(1, len(chosen) + 1))]
+  questioned = chosen[:int(rng.integers(1, len(chosen) + 1))]
   return body + "\n\n" + _qa_lines([(question.format(**org), str(org[attr]))
-                                     for attr, _, question in asked])
+                                     for attr, _, question in questioned])
 
 
-def persona_documents(num_docs: int, seed: int) -> Iterator[str]:
-  """Yield `num_docs` persona documents, deterministic in `seed`.
-
-  The styles rotate uniformly at random over DOCUMENT_STYLES. Document i does
-  not depend on `num_docs`.
-  """
-  synth.check_seed(num_docs, "num_docs")
-  synth.check_seed(seed)
+def _documents(num_docs: int, seed: int) -> Iterator[str]:
   for i in range(num_docs):
     rng = synth.stream_rng(synth.PERSONA_STREAM, seed, i)
     style = synth.pick(rng, DOCUMENT_STYLES)
@@ -138,3 +132,15 @@ def persona_documents(num_docs: int, seed: int) -> Iterator[str]:
       yield organisation_document(rng)
     else:
       yield person_document(rng, style, f"p{i:07d}")
+
+
+def persona_documents(num_docs: int, seed: int) -> Iterator[str]:
+  """Return an iterator over `num_docs` persona documents, deterministic in `seed`.
+
+  Each document's style is drawn uniformly from DOCUMENT_STYLES. Document i
+  does not depend on `num_docs`. Invalid arguments raise at the call, not at
+  the first `next`.
+  """
+  synth.check_seed(num_docs, "num_docs")
+  synth.check_seed(seed)
+  return _documents(num_docs, seed)

@@ -11,8 +11,9 @@ def _words(text: str) -> tuple[str, ...]:
   return tuple(text.split())
 
 
-def _lines(text: str) -> tuple[str, ...]:
-  return tuple(line.strip() for line in text.strip().splitlines() if line.strip())
+def _items(text: str) -> tuple[str, ...]:
+  """Split a ";"-separated block into items; line breaks inside an item become spaces."""
+  return tuple(" ".join(item.split()) for item in text.split(";") if item.strip())
 
 
 FIRST_NAMES = _words("""
@@ -37,6 +38,7 @@ Shira Silas Simone Soren Stella Sunita Sven Tala Tamsin Tariq Teo Thalia Theo To
 Tomas Una Uriel Valentina Vera Victor Vikram Viola Wanda Wen Wilhelmina Willa Xavier
 Ximena Yara Yasmin Yusuf Zara Zeynep Zoe Zora Ambrose Beatriz Calla Dorian Elowen
 Fabian Ginevra Idris Jovan Kenzo Lorelei Marek Nell Odile Percy Rosalind Thaddeus
+Anouk Basile Cleo Dagny Eitan Folake Hiroshi Ilaria Jorah Kwame Lucan Maren Nayeli
 Ulrich Vivienne Wren Yannick Zubair Bettina Cosmo Delia Evander Frida Hamza Ilona
 """)
 
@@ -66,6 +68,9 @@ Yilmaz Yoon Zamora Zhang Zielinski Zimmermann Achebe Banerjee Castellano Deverea
 Eriksen Falcone Grimaldi Hollis Iwasaki Jovanovic Kowalczyk Lacroix Mwangi Nakashima
 Oyelaran Pellegrini Quispe Rautio Szabo Takahashi Underhill Vasiliev Whitfield Xiong
 Yeboah Zapata Abernathy Bjork Cabrera Drummond Estrada Faulkner Guerrero Hendricks
+Adebayo Brannigan Castillo Dunleavy Ekstrom Fairbanks Galloway Hakimi Ingram Jorgensen
+Karimi Lindahl Mbeki Nordin Olawale Prescott Quaresma Rourke Ruiz Tolbert
+Urquhart Valente Winslow Yazdani Zaragoza
 """)
 
 # (city, timezone abbreviation in standard time)
@@ -93,106 +98,26 @@ CITIES = (
     ("Singapore", "SGT"), ("Toronto", "EST"), ("Vancouver", "PST"), ("Vienna", "CET"),
 )
 
-JOBS = _lines("""
-accountant
-actuary
-architect
-art director
-audio engineer
-backend developer
-barista trainer
-biomedical engineer
-bookkeeper
-brand strategist
-carpenter
-chemistry teacher
-civil engineer
-claims adjuster
-clinical researcher
-community organizer
-copy editor
-data analyst
-data engineer
-dental hygienist
-dietitian
-electrician
-emergency dispatcher
-environmental consultant
-event planner
-film editor
-financial planner
-firefighter
-flight attendant
-florist
-game designer
-geologist
-graphic designer
-grant writer
-high school counselor
-historian
-hotel manager
-human resources specialist
-illustrator
-insurance broker
-interior designer
-investment analyst
-journalist
-lab technician
-landscape architect
-librarian
-locksmith
-logistics coordinator
-machinist
-marine biologist
-marketing manager
-mechanical engineer
-medical coder
-music teacher
-nurse practitioner
-occupational therapist
-optometrist
-paralegal
-park ranger
-pastry chef
-pharmacist
-photographer
-physical therapist
-pilot
-plumber
-podcast producer
-product designer
-product manager
-project manager
-property manager
-psychologist
-public defender
-quality inspector
-radio host
-real estate agent
-recruiter
-restaurant manager
-sales engineer
-school principal
-security analyst
-site reliability engineer
-social worker
-software engineer
-sommelier
-speech therapist
-statistician
-structural engineer
-surveyor
-tattoo artist
-tax preparer
-technical writer
-translator
-travel agent
-design researcher
-veterinarian
-video producer
-web developer
-wildlife photographer
-yoga instructor
+JOBS = _items("""
+accountant; actuary; architect; art director; audio engineer; backend developer; barista
+trainer; biomedical engineer; bookkeeper; brand strategist; carpenter; chemistry
+teacher; civil engineer; claims adjuster; clinical researcher; community organizer; copy
+editor; data analyst; data engineer; dental hygienist; dietitian; electrician; emergency
+dispatcher; environmental consultant; event planner; film editor; financial planner;
+firefighter; flight attendant; florist; game designer; geologist; graphic designer;
+grant writer; high school counselor; historian; hotel manager; human resources
+specialist; illustrator; insurance broker; interior designer; investment analyst;
+journalist; lab technician; landscape architect; librarian; locksmith; logistics
+coordinator; machinist; marine biologist; marketing manager; mechanical engineer;
+medical coder; music teacher; nurse practitioner; occupational therapist; optometrist;
+paralegal; park ranger; pastry chef; pharmacist; photographer; physical therapist;
+pilot; plumber; podcast producer; product designer; product manager; project manager;
+property manager; psychologist; public defender; quality inspector; radio host; real
+estate agent; recruiter; restaurant manager; sales engineer; school principal; security
+analyst; site reliability engineer; social worker; software engineer; sommelier; speech
+therapist; statistician; structural engineer; surveyor; tattoo artist; tax preparer;
+technical writer; translator; travel agent; design researcher; veterinarian; video
+producer; web developer; wildlife photographer; yoga instructor
 """)
 
 # An employer is one head word and one tail word, for example "Bluefin Analytics".
@@ -207,68 +132,20 @@ Sequoia Silverline Slate Solstice Sparrow Stonebridge Summit Sycamore Tidewater 
 Trillium Tundra Verdant Willow Windmill Zephyr
 """)
 
-EMPLOYER_TAILS = _lines("""
-Analytics
-Bakery
-Biotech
-Brewing
-Builders
-Capital
-Clinic
-Consulting
-Credit Union
-Design Studio
-Dynamics
-Energy
-Engineering
-Foods
-Freight
-Games
-Health
-Hospitality
-Insurance
-Labs
-Law Group
-Logistics
-Media
-Medical Group
-Motors
-Networks
-Outfitters
-Partners
-Pharmacy
-Press
-Realty
-Robotics
-Software
-Solar
-Systems
-Textiles
-Therapeutics
-Tools
-Travel
-Works
+EMPLOYER_TAILS = _items("""
+Analytics; Bakery; Biotech; Brewing; Builders; Capital; Clinic; Consulting; Credit
+Union; Design Studio; Dynamics; Energy; Engineering; Foods; Freight; Games; Health;
+Hospitality; Insurance; Labs; Law Group; Logistics; Media; Medical Group; Motors;
+Networks; Outfitters; Partners; Pharmacy; Press; Realty; Robotics; Software; Solar;
+Systems; Textiles; Therapeutics; Tools; Travel; Works
 """)
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # Species start with a consonant sound, so templates can say "a {species}".
-PET_SPECIES = _lines("""
-cat
-dog
-rabbit
-parrot
-hamster
-guinea pig
-tortoise
-ferret
-goldfish
-bearded dragon
-cockatiel
-corn snake
-hedgehog
-chinchilla
-budgie
+PET_SPECIES = _items("""
+cat; dog; rabbit; parrot; hamster; guinea pig; tortoise; ferret; goldfish; bearded
+dragon; cockatiel; corn snake; hedgehog; chinchilla; budgie
 """)
 
 PET_NAMES = _words("""
@@ -283,127 +160,29 @@ Rolo Rosie Rusty Saffron Sage Scout Sesame Shadow Sprout Sunny Taco Tater Tofu T
 Truffle Tulip Turnip Waffles Walnut Wasabi Whiskers Widget Yoshi Ziggy Zucchini Zuzu
 """)
 
-CAR_MODELS = _lines("""
-Acura Integra
-Audi A4
-Audi Q5
-BMW 330i
-BMW X3
-Buick Encore
-Chevrolet Bolt
-Chevrolet Equinox
-Chevrolet Silverado
-Chrysler Pacifica
-Dodge Charger
-Fiat 500
-Ford Bronco
-Ford Escape
-Ford F-150
-Ford Maverick
-Ford Mustang
-Genesis G70
-GMC Sierra
-Honda Accord
-Honda Civic
-Honda CR-V
-Honda Fit
-Honda Odyssey
-Hyundai Elantra
-Hyundai Ioniq 5
-Hyundai Kona
-Hyundai Tucson
-Jeep Cherokee
-Jeep Wrangler
-Kia Niro
-Kia Soul
-Kia Telluride
-Lexus RX 350
-Mazda CX-5
-Mazda Miata
-Mazda3
-Mini Cooper
-Mitsubishi Outlander
-Nissan Altima
-Nissan Leaf
-Nissan Rogue
-Polestar 2
-Porsche Macan
-Ram 1500
-Rivian R1S
-Subaru Crosstrek
-Subaru Forester
-Subaru Outback
-Tesla Model 3
-Tesla Model Y
-Toyota 4Runner
-Toyota Camry
-Toyota Corolla
-Toyota Prius
-Toyota RAV4
-Toyota Tacoma
-Volkswagen Golf
-Volkswagen Jetta
-Volvo XC60
+CAR_MODELS = _items("""
+Acura Integra; Audi A4; Audi Q5; BMW 330i; BMW X3; Buick Encore; Chevrolet Bolt;
+Chevrolet Equinox; Chevrolet Silverado; Chrysler Pacifica; Dodge Charger; Fiat 500; Ford
+Bronco; Ford Escape; Ford F-150; Ford Maverick; Ford Mustang; Genesis G70; GMC Sierra;
+Honda Accord; Honda Civic; Honda CR-V; Honda Fit; Honda Odyssey; Hyundai Elantra;
+Hyundai Ioniq 5; Hyundai Kona; Hyundai Tucson; Jeep Cherokee; Jeep Wrangler; Kia Niro;
+Kia Soul; Kia Telluride; Lexus RX 350; Mazda CX-5; Mazda Miata; Mazda3; Mini Cooper;
+Mitsubishi Outlander; Nissan Altima; Nissan Leaf; Nissan Rogue; Polestar 2; Porsche
+Macan; Ram 1500; Rivian R1S; Subaru Crosstrek; Subaru Forester; Subaru Outback; Tesla
+Model 3; Tesla Model Y; Toyota 4Runner; Toyota Camry; Toyota Corolla; Toyota Prius;
+Toyota RAV4; Toyota Tacoma; Volkswagen Golf; Volkswagen Jetta; Volvo XC60
 """)
 
-HOBBIES = _lines("""
-archery
-astrophotography
-beekeeping
-birdwatching
-board games
-bouldering
-bread baking
-calligraphy
-candle making
-canoeing
-ceramics
-chess
-crossword puzzles
-cycling
-disc golf
-embroidery
-fencing
-fly fishing
-foraging
-furniture restoration
-geocaching
-glassblowing
-hiking
-home brewing
-ice skating
-jigsaw puzzles
-kayaking
-knitting
-leatherworking
-model railroading
-mountain biking
-origami
-paddleboarding
-painting watercolors
-photography
-playing the cello
-playing the banjo
-pottery
-quilting
-rock collecting
-rowing
-salsa dancing
-scuba diving
-sketching
-skiing
-snowboarding
-stand-up comedy
-stargazing
-surfing
-swing dancing
-tai chi
-tennis
-trail running
-urban gardening
-vinyl collecting
-woodcarving
-writing poetry
+HOBBIES = _items("""
+archery; astrophotography; beekeeping; birdwatching; board games; bouldering; bread
+baking; calligraphy; candle making; canoeing; ceramics; chess; crossword puzzles;
+cycling; disc golf; embroidery; fencing; fly fishing; foraging; furniture restoration;
+geocaching; glassblowing; hiking; home brewing; ice skating; jigsaw puzzles; kayaking;
+knitting; leatherworking; model railroading; mountain biking; origami; paddleboarding;
+painting watercolors; photography; playing the cello; playing the banjo; pottery;
+quilting; rock collecting; rowing; salsa dancing; scuba diving; sketching; skiing;
+snowboarding; stand-up comedy; stargazing; surfing; swing dancing; tai chi; tennis;
+trail running; urban gardening; vinyl collecting; woodcarving; writing poetry
 """)
 
 CUISINES = _words("""
@@ -414,126 +193,32 @@ Portuguese Russian Sichuan Spanish Thai Turkish Ukrainian Vietnamese
 """)
 
 # Recurring weekly activities (the ROUTINE and DAY_SET questions ask about them).
-ACTIVITIES = _lines("""
-gym
-yoga
-swimming
-choir practice
-pilates
-rock climbing
-spin class
-boxing
-soccer practice
-book club
-volunteering
-piano lessons
-language class
-tennis lessons
-dance class
-martial arts
-running club
-rowing practice
-therapy
-pottery class
-improv class
-basketball
-bowling league
-trivia night
+ACTIVITIES = _items("""
+gym; yoga; swimming; choir practice; pilates; rock climbing; spin class; boxing; soccer
+practice; book club; volunteering; piano lessons; language class; tennis lessons; dance
+class; martial arts; running club; rowing practice; therapy; pottery class; improv
+class; basketball; bowling league; trivia night
 """)
 
-PHONE_MODELS = _lines("""
-iPhone 13
-iPhone 14
-iPhone 15
-iPhone 16
-iPhone SE
-Pixel 7
-Pixel 8
-Pixel 8a
-Pixel 9
-Galaxy S22
-Galaxy S23
-Galaxy S24
-Galaxy A54
-Galaxy Z Flip5
-Fairphone 4
-Fairphone 5
-Moto G Power
-Motorola Edge
-Nothing Phone 2
-Zenfone 10
+PHONE_MODELS = _items("""
+iPhone 13; iPhone 14; iPhone 15; iPhone 16; iPhone SE; Pixel 7; Pixel 8; Pixel 8a; Pixel
+9; Galaxy S22; Galaxy S23; Galaxy S24; Galaxy A54; Galaxy Z Flip5; Fairphone 4;
+Fairphone 5; Moto G Power; Motorola Edge; Nothing Phone 2; Zenfone 10
 """)
 
-COFFEES = _lines("""
-americano
-cappuccino
-cold brew
-cortado
-drip coffee
-espresso
-flat white
-iced latte
-latte
-macchiato
-mocha
-oat milk latte
-pour-over
-red eye
-vanilla latte
-affogato
-Irish coffee
-Turkish coffee
-Vietnamese iced coffee
-chai latte
+COFFEES = _items("""
+americano; cappuccino; cold brew; cortado; drip coffee; espresso; flat white; iced
+latte; latte; macchiato; mocha; oat milk latte; pour-over; red eye; vanilla latte;
+affogato; Irish coffee; Turkish coffee; Vietnamese iced coffee; chai latte
 """)
 
-COLORS = _lines("""
-amber
-aquamarine
-burgundy
-burnt orange
-charcoal
-cherry red
-cobalt blue
-coral
-cornflower blue
-crimson
-emerald green
-forest green
-gold
-indigo
-ivory
-jade
-lavender
-lemon yellow
-lilac
-magenta
-maroon
-mint green
-mustard yellow
-navy blue
-ochre
-olive green
-peach
-periwinkle
-plum
-powder blue
-rose pink
-royal blue
-rust
-sage green
-salmon
-sapphire
-scarlet
-sea green
-sky blue
-slate gray
-tangerine
-taupe
-teal
-terracotta
-turquoise
-violet
+COLORS = _items("""
+amber; aquamarine; burgundy; burnt orange; charcoal; cherry red; cobalt blue; coral;
+cornflower blue; crimson; emerald green; forest green; gold; indigo; ivory; jade;
+lavender; lemon yellow; lilac; magenta; maroon; mint green; mustard yellow; navy blue;
+ochre; olive green; peach; periwinkle; plum; powder blue; rose pink; royal blue; rust;
+sage green; salmon; sapphire; scarlet; sea green; sky blue; slate gray; tangerine;
+taupe; teal; terracotta; turquoise; violet
 """)
 
 # Dish -> the allergens it contains. An allergy question calls a dish unsafe
@@ -584,23 +269,11 @@ ALLERGENS = ("peanuts", "shellfish", "gluten", "dairy", "eggs", "soy", "tree nut
              "sesame", "fish")
 
 # Organisation pools for the persona documents.
-INDUSTRIES = _lines("""
-renewable energy
-medical devices
-online education
-freight shipping
-specialty coffee
-cybersecurity
-outdoor gear
-children's books
-agricultural drones
-boutique hotels
-pet insurance
-video games
-furniture
-water filtration
-satellite imaging
-plant-based foods
+INDUSTRIES = _items("""
+renewable energy; medical devices; online education; freight shipping; specialty coffee;
+cybersecurity; outdoor gear; children's books; agricultural drones; boutique hotels; pet
+insurance; video games; furniture; water filtration; satellite imaging; plant-based
+foods
 """)
 
 MASCOTS = _words("""
@@ -608,21 +281,10 @@ badger beaver bison crane falcon fox hawk heron lynx moose otter owl panda pelic
 raccoon salmon stag tortoise walrus wolf
 """)
 
-PRODUCTS = _lines("""
-a budgeting app
-a compact heat pump
-a folding kayak
-a home soil sensor
-a language tutoring service
-a line of hiking boots
-a modular bookshelf
-a noise-cancelling headset
-a recycled-plastic backpack
-a smart thermostat
-a solar phone charger
-a tabletop strategy game
-a travel stroller
-an electric cargo bike
-an oat-milk ice cream
-an open-source database
+PRODUCTS = _items("""
+a budgeting app; a compact heat pump; a folding kayak; a home soil sensor; a language
+tutoring service; a line of hiking boots; a modular bookshelf; a noise-cancelling
+headset; a recycled-plastic backpack; a smart thermostat; a solar phone charger; a
+tabletop strategy game; a travel stroller; an electric cargo bike; an oat-milk ice
+cream; an open-source database
 """)

@@ -7,7 +7,7 @@ With no such paraphrase the prompt falls back to "My <key> is" (underscores in
 the key become spaces). Unlike the reference cut, the default rule also
 requires the answer to start a word, so prompt + gold always rebuilds the
 sentence: "My monthly rent is $2600." is skipped, because cutting it gives
-"My monthly rent is $" and a gold that the sentence never tokenises as.
+"My monthly rent is $" + " 2600", which is not the sentence.
 `word_start=False` reproduces the reference cut for parity runs.
 
 Held-out prompts are the direct_qa questions as "Q: {question}\\nA:"; they are
@@ -20,19 +20,24 @@ Matching (`answer_matches`, `exact_match`) works on normalised word tokens:
 * a token is a run of letters and digits, kept whole across inner `. : ' + /`
   ("10:00", "29.5", "o'brien"), plus a trailing "+" or, after one or two
   characters, a trailing "-" (blood types "a+", "ab-"). Inner hyphens split
-  ("20-minute" -> "20", "minute"), and a possessive "'s" is dropped;
+  ("20-minute" -> "20", "minute"), and a final "'s" is dropped ("harper's" and
+  also "it's" -> "it");
 * numbers: thousands separators are removed, decimals lose trailing zeros
   ("29.0" == "29"), and hours lose a leading zero ("09:40" == "9:40").
   Integers keep leading zeros, because answers such as "0429" are digit strings;
 * number words from "zero" to "ninety-nine" become digits ("twenty" == "20");
-* parenthesised text in the gold is dropped ("Quinn (spouse)" -> "quinn").
+* when matching, parenthesised text in the gold is dropped
+  ("Quinn (spouse)" -> "quinn").
 
 `answer_matches` needs the gold's tokens as a contiguous run of the
 prediction's tokens, so "no" does not match "know" and "3" does not match
-"13". A list gold (a Python list, or a string with ", " between items) needs
-every item, in any order. A yes/no gold is compared with the first "yes" or
+"13". A list gold (a Python list, or a string with ", " between items, where
+a final "and" also separates) needs every item, in any order. A yes/no gold is compared with the first "yes" or
 "no" in the prediction. `exact_match` needs the whole prediction to equal the
 gold token for token (lists: the same items in any order).
+
+NOTE: containment accepts a prediction that lists several candidates
+("Tulsa or Boise" matches "Tulsa"); use `exact_match` or a judge where that matters.
 """
 
 import dataclasses

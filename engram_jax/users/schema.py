@@ -249,7 +249,7 @@ def load_user(path: PathLike) -> User:
 def load_users(path_or_dir: PathLike) -> list[User]:
   """Load one user file, or every `<letters><digits>.json` in a directory, sorted by name.
 
-  Raises ValueError when a directory holds no user file or two files share a uid.
+  Raises ValueError when a directory contains no user file or two files share a uid.
   """
   path = pathlib.Path(path_or_dir)
   if path.is_file():

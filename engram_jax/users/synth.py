@@ -2,7 +2,7 @@
 
 `generate_users(n, seed)` returns users "s0000", "s0001", ... with 30-34 facts
 (spouse facts for about 75% of users, child facts for about 70%), 2-3
-paraphrases per fact, one direct question per fact and 27-28 indirect
+paraphrases per fact, one direct question per fact and 27-29 indirect
 questions (see `indirect`). User i is drawn from its own generator seeded
 with (USER_STREAM, seed, i), so it is the same whatever `n` is, and no global
 random state is read or changed. Persona documents for pretraining draw from
@@ -15,6 +15,7 @@ distinct birth year. So no two facts share a writing prompt and no age
 comparison ties.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -181,3 +182,10 @@ def generate_users(num_users: int, seed: int, *, schema: str = "personal") -> li
     raise ValueError(f"schema={schema!r} is not supported; use one of {list(SCHEMAS)}")
   check_seed(num_users, "num_users")
   return [build_user(stream_rng(USER_STREAM, seed, i), f"s{i:04d}") for i in range(num_users)]
+
+
+def persona_documents(num_docs: int, seed: int) -> Iterator[str]:
+  """Yield `num_docs` persona documents for pretraining; see `engram_jax.users.persona`."""
+  # Imported here because the persona module builds on this one.
+  from engram_jax.users import persona  # pylint: disable=g-import-not-at-top
+  return persona.persona_documents(num_docs, seed)
