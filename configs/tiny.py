@@ -17,9 +17,13 @@ def get_config(variant: str = "engram"):
   config_lib.apply_preset(cfg, "tiny")  # 5,000 primes per head, 8 floats per row
   cfg.engram.layer_ids = (1, 2)  # blocks with an Engram layer; memory writes into block 2
   cfg.tokenizer.train_chars = 20_000_000  # characters sampled to train the BPE
-  cfg.train.total_batch_tokens = 4096  # tokens per optimiser step (16 rows of 256)
-  cfg.train.device_batch_size = 16  # rows per micro-step, all devices together
-  cfg.train.num_iterations = 600  # optimiser steps
+  cfg.train.total_batch_tokens = 2048  # tokens per optimiser step (8 rows of 256)
+  cfg.train.device_batch_size = 8  # rows per micro-step, all devices together
+  cfg.train.num_iterations = 400  # optimiser steps (about 0.8 M tokens)
+  cfg.train.eval_every = 100  # steps between validation measurements
+  cfg.train.eval_tokens = 40_960  # validation tokens per measurement (the val split holds ~46 K)
+  cfg.train.checkpoint_every = 100  # steps between checkpoints
+  cfg.train.sample_every = 200  # steps between greedy samples
   if variant == "base":
     cfg.name = "tiny_base"
     cfg.engram.enabled = False  # no-Engram control

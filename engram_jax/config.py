@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data.dir = ""  # token shards; empty = <workdir>/data
   cfg.data.val_permille = 20  # documents whose content hash falls in this many per mille go to val
   cfg.data.synthetic_users = 2_000  # synthetic persona documents mixed into the embedded source
+  cfg.data.synthetic_seed = 0  # persona generator seed (evaluation users use another stream)
   cfg.data.shuffle_seed = 1234  # order of packed rows in each epoch
 
   cfg.optim = ml_collections.ConfigDict()

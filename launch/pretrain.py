@@ -29,6 +29,13 @@ _CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", 
                 "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drop orbax's per-save INFO records so progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+
+
 def init_runtime() -> None:
   """Configure devices and, for multi-process runs, JAX's distributed runtime."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -56,6 +63,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   init_runtime()
   import jax  # pylint: disable=g-import-not-at-top
   from engram_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -637,7 +637,7 @@ def test_prepare_reuses_finished_dir(tmp_path):
   cfg = _files_config(tmp_path, [_corpus_files(tmp_path)])
   out_dir = prepare_data.prepare(cfg, str(tmp_path / "work"))
   before = (out_dir / "manifest.json").stat().st_mtime_ns
-  shards.prepare(cfg, str(tmp_path / "work"))
+  prepare_data.prepare(cfg, str(tmp_path / "work"))
   assert (out_dir / "manifest.json").stat().st_mtime_ns == before
 
 

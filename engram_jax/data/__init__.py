@@ -6,7 +6,6 @@ from engram_jax.data.shards import hash_split
 from engram_jax.data.shards import load_manifest
 from engram_jax.data.shards import make_hash_split
 from engram_jax.data.shards import open_shard
-from engram_jax.data.shards import prepare
 from engram_jax.data.shards import val_rule
 from engram_jax.data.shards import write_shards
 from engram_jax.data.sources import embedded_documents

@@ -342,16 +342,3 @@ def open_shard(data_dir: PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
   if np.any(tokens_N[offsets[:-1]] != manifest["bos_id"]):
     raise _corrupt(tokens_path, f"has a document that does not start with BOS id {manifest['bos_id']}")
   return tokens_N, offsets
-
-
-def prepare(cfg: Any, workdir: str, **kwargs: Any) -> pathlib.Path:
-  """Build or reuse the token shards of `cfg` and return their directory.
-
-  Trains the tokenizer first when it is missing. Keyword arguments and errors
-  are those of `launch.prepare_data.prepare`, which this calls.
-  """
-  # NOTE: the corpus and tokenizer orchestration lives in the launch package,
-  # so this library function imports it lazily.
-  from launch import prepare_data  # pylint: disable=g-import-not-at-top
-
-  return prepare_data.prepare(cfg, workdir, **kwargs)

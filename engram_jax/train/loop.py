@@ -8,14 +8,12 @@ committed checkpoint, data position included.
 
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 
 from engram_jax import config as config_lib
-from engram_jax import hashing
 from engram_jax.data import pipeline
 from engram_jax.train import checkpoint as ckpt_lib
 from engram_jax.train import evaluation, metrics as metrics_lib, optimizer, step as step_lib
@@ -143,7 +141,7 @@ def train(cfg, workdir: str) -> dict:
 def _run_steps(cfg, geometry, state, start_step, step_fn, data_iter, batch_shardings, evaluator,
                manager, meta, writer, mesh) -> dict:
   total = cfg.train.num_iterations
-  progress = _Progress(cfg, geometry, start_step, writer)
+  progress = _Progress(cfg, geometry, start_step, writer, _flops_per_token(cfg, state))
   if start_step == 0:
     progress.record_eval(0, evaluator.bpb(state["params"]))
   for step in range(start_step, total):
@@ -168,8 +166,11 @@ def _run_steps(cfg, geometry, state, start_step, step_fn, data_iter, batch_shard
 class _Progress:
   """Checks finiteness one step late and writes progress lines and metrics."""
 
-  def __init__(self, cfg, geometry, start_step: int, writer):
+  def __init__(self, cfg, geometry, start_step: int, writer, flops_per_token: float):
     self.cfg, self.writer, self.start_step = cfg, writer, start_step
+    peak = evaluation.peak_flops(cfg.train.peak_flops)
+    # Model FLOP/s over the peak of every device in the job; None when the peak is unknown (CPU).
+    self.flops_fraction = None if peak is None else flops_per_token / (peak * jax.device_count())
     self.schedule = optimizer.lr_schedule(cfg.train.num_iterations, cfg.optim)
     self.speed = metrics_lib.Throughput(geometry.tokens_per_step, cfg.train.num_iterations, start_step)
     self.pending = None
@@ -186,17 +187,28 @@ class _Progress:
     if done % self.cfg.train.log_every and done != total and done != self.start_step + 1:
       return
     tokens_per_s, eta = self.speed.update(done)
-    self.last.update({"train_loss": float(values["train_loss"]), "lr_mult": float(self.schedule(done - 1)),
-                      "tokens_per_s": tokens_per_s, "grad_norm": float(values["grad_norm"])})
-    self.writer.write(done, {k: self.last[k] for k in ("train_loss", "lr_mult", "tokens_per_s", "grad_norm")})
-    logging.info("[train] step %d/%d loss %.4f lr x%.3f %.0f tok/s eta %s", done, total,
-                 self.last["train_loss"], self.last["lr_mult"], tokens_per_s,
+    record = {"train_loss": float(values["train_loss"]), "lr_mult": float(self.schedule(done - 1)),
+              "tokens_per_s": tokens_per_s, "grad_norm": float(values["grad_norm"])}
+    mfu = "n/a"
+    if self.flops_fraction is not None:
+      record["mfu"] = tokens_per_s * self.flops_fraction
+      mfu = f"{100 * record['mfu']:.1f}%"
+    self.last.update(record)
+    self.writer.write(done, record)
+    logging.info("[train] step %d/%d loss %.4f lr x%.3f %.0f tok/s mfu %s eta %s", done, total,
+                 record["train_loss"], record["lr_mult"], tokens_per_s, mfu,
                  metrics_lib.format_duration(eta))
 
   def record_eval(self, done: int, values: dict) -> None:
     self.last.update(values)
     self.writer.write(done, values)
     logging.info("[eval] step %d: %s", done, _fmt(values))
+
+
+def _flops_per_token(cfg, state) -> float:
+  return evaluation.matmul_flops_per_token(
+      state_lib.param_group_sizes(state["params"]), depth=cfg.model.depth,
+      width=config_lib.model_width(cfg.model), sequence_len=cfg.model.sequence_len)
 
 
 def _stop_if_not_finite(values, step: int) -> None:

@@ -27,12 +27,12 @@ def tokenizer_dir(cfg, workdir: str) -> str:
 
 def prepare_inputs(cfg, workdir: str) -> RunInputs:
   """Prepare (on process 0, once) and load the tokenizer, data and hash layout."""
-  from engram_jax.data import shards  # pylint: disable=g-import-not-at-top
+  from engram_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    data_dir = shards.prepare(cfg, workdir)
+    data_dir = prepare_lib.prepare(cfg, workdir)
   multihost_utils.sync_global_devices("engram_jax_prepare_data")
   if jax.process_index() != 0:
-    data_dir = shards.prepare(cfg, workdir)
+    data_dir = prepare_lib.prepare(cfg, workdir)
   tok_dir = tokenizer_dir(cfg, workdir)
   tok, cmap = tokenizer_lib.load_tokenizer_bundle(tok_dir)
   if tok.vocab_size != cfg.model.vocab_size:
