@@ -44,7 +44,7 @@ def _batch(cfg, seed=0):
 def _setup(cfg, devices=None):
   mesh = mesh_lib.make_mesh(cfg.mesh, devices=devices)
   layout = _layout(cfg)
-  table_rows = layout.physical_rows
+  table_rows = layout.table_rows
   tx = optimizer.build_optimizer(cfg, state_lib.abstract_params(cfg, table_rows))
   state, setup = state_lib.create_train_state(cfg, table_rows, tx, mesh, seed=0)
   shardings = mesh_lib.batch_shardings(mesh, with_engram=True)

@@ -23,7 +23,7 @@ def hash_layout(cfg: ml_collections.ConfigDict, num_canonical: int | None = None
 def _table_rows(cfg, layout):
   if layout is None:
     return None
-  return layout.physical_rows
+  return layout.table_rows
 
 
 def create_model(cfg: ml_collections.ConfigDict, *, layout=None, seed: int | None = None) -> GPT:

@@ -18,6 +18,7 @@ from engram_jax import config as config_lib
 from engram_jax.model.engram import EngramLayer
 from engram_jax.model.layers import MLP, CausalSelfAttention, normal_init, rotary_tables, uniform_init
 from engram_jax.model.norms import rms_norm
+from engram_jax.model.overrides import check_overrides
 
 
 def has_value_embed(layer: int, depth: int) -> bool:
@@ -55,15 +56,16 @@ class Block(nnx.Module):
     if engram_rows is not None:
       self.engram = EngramLayer(
           width, engram_rows, config_lib.hash_heads(e), config_lib.row_width(e),
+          table_shards=e.table_shards,
           kernel_size=e.kernel_size, dilation=e.max_ngram, compute_dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x_BTD, ids_BT, rows_BTG, cos, sin, *, sharding: ShardingContext,
-               use_engram: bool) -> jax.Array:
+               use_engram: bool, overrides=None) -> jax.Array:
     # 1. Engram memory reads the lambda-mixed stream before any norm.
     if self.engram is not None and use_engram:
       x_BTD = x_BTD + self.engram(
           x_BTD, rows_BTG, mesh=sharding.mesh, table_axis=sharding.table_axis,
-          batch_axes=sharding.batch_axes)
+          batch_axes=sharding.batch_axes, overrides=overrides)
     # 2. Attention, with this block's value embedding of the raw ids.
     ve_BTD = None
     if self.value_embed is not None:
@@ -90,8 +92,9 @@ class GPT(nnx.Module):
 
     Args:
       cfg: a full config (see engram_jax.config).
-      engram_table_rows: physical table rows per Engram layer, in layer_ids
-        order (from the hash layout). Required when cfg.engram.enabled.
+      engram_table_rows: logical table rows per Engram layer, in layer_ids
+        order (`HashLayout.table_rows`). Each table is padded to a multiple of
+        cfg.engram.table_shards. Required when cfg.engram.enabled.
       rngs: parameter random streams.
     """
     config_lib.validate(cfg)
@@ -137,8 +140,11 @@ class GPT(nnx.Module):
 
   def run_blocks(self, x_BTD, x0_BTD, ids_BT, engram_rows_LBTG, *, start: int = 0,
                  stop: int | None = None, kept_BTD=None, use_engram: bool = True,
-                 sharding: ShardingContext = ShardingContext()):
-    """Run blocks [start, stop) and return (x, kept) where kept is the backout stream."""
+                 sharding: ShardingContext = ShardingContext(), overrides=None):
+    """Run blocks [start, stop) and return (x, kept) where kept is the backout stream.
+
+    `overrides` maps an Engram block index to its RowOverrides.
+    """
     stop = self.depth if stop is None else stop
     T = ids_BT.shape[1]
     cos, sin = rotary_tables(T, self.head_dim, self.rope_base, self.compute_dtype)
@@ -150,7 +156,8 @@ class GPT(nnx.Module):
       if i in self.engram_layer_ids and use_engram:
         rows_BTG = engram_rows_LBTG[self.engram_layer_ids.index(i)]
       x_BTD = self.blocks[i](
-          x_BTD, ids_BT, rows_BTG, cos, sin, sharding=sharding, use_engram=use_engram)
+          x_BTD, ids_BT, rows_BTG, cos, sin, sharding=sharding, use_engram=use_engram,
+          overrides=(overrides or {}).get(i))
       if i == self.backout_layer:
         kept_BTD = x_BTD
     return x_BTD, kept_BTD
@@ -163,7 +170,8 @@ class GPT(nnx.Module):
 
   def __call__(self, ids_BT: jax.Array, engram_rows_LBTG: jax.Array | None = None, *,
                suppress_engram: bool = False,
-               sharding: ShardingContext = ShardingContext()) -> jax.Array:
+               sharding: ShardingContext = ShardingContext(),
+               overrides: dict | None = None) -> jax.Array:
     """Return fp32 logits [B,T,V].
 
     Args:
@@ -173,13 +181,24 @@ class GPT(nnx.Module):
         `suppress_engram` is set.
       suppress_engram: skip every Engram layer (the evaluation ablation).
       sharding: mesh and axis names for the row-sharded table lookup.
+      overrides: {Engram block index: RowOverrides}, per-sequence memory rows
+        that replace table rows at lookup time (engram_jax.model.overrides).
     """
     self._check_inputs(ids_BT, engram_rows_LBTG, suppress_engram)
+    self._check_overrides(overrides, ids_BT.shape[0])
     x0_BTD = self.embed(ids_BT)
     x_BTD, kept_BTD = self.run_blocks(
         x0_BTD, x0_BTD, ids_BT, engram_rows_LBTG, use_engram=not suppress_engram,
-        sharding=sharding)
+        sharding=sharding, overrides=overrides)
     return self.logits(x_BTD, kept_BTD)
+
+  def _check_overrides(self, overrides, batch: int) -> None:
+    for layer, layer_overrides in (overrides or {}).items():
+      if layer not in self.engram_layer_ids:
+        raise ValueError(
+            f"Overrides target block {layer}, which has no Engram layer; Engram blocks are "
+            f"{self.engram_layer_ids}.")
+      check_overrides(layer_overrides, batch, self.blocks[layer].engram.row_width)
 
   def _check_inputs(self, ids_BT, engram_rows_LBTG, suppress_engram: bool) -> None:
     if ids_BT.ndim != 2:
@@ -212,7 +231,7 @@ def _engram_rows_by_layer(layer_ids: tuple[int, ...], table_rows) -> dict[int, i
   if table_rows is None or len(table_rows) != len(layer_ids):
     raise ValueError(
         f"engram_table_rows must list one row count per Engram layer {layer_ids}; got {table_rows}. "
-        "Build it with engram_jax.hashing.layout_from_config(...).physical_rows.")
+        "Build it with engram_jax.hashing.layout_from_config(...).table_rows.")
   return {layer: int(rows) for layer, rows in zip(layer_ids, table_rows)}
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from engram_jax.model.overrides import RowOverrides, apply_overrides
 from engram_jax.model.norms import rms_norm
 
 # Score magnitudes below this are raised to it before the square root, which
@@ -286,7 +287,8 @@ def lookup_and_gate(h_BTD: jax.Array, rows_BTG: jax.Array, table_RW: jax.Array,
                     w_k_ED: jax.Array, w_v_ED: jax.Array, *, compute_dtype,
                     mesh: Mesh | None = None, table_axis: str = "table",
                     batch_axes: str | Sequence[str] | None = None,
-                    norm_eps: float | None = None) -> jax.Array:
+                    norm_eps: float | None = None,
+                    overrides: RowOverrides | None = None) -> jax.Array:
   """Gather the table rows of every head, project them and apply the gate.
 
   The rows are cast to `compute_dtype` after the gather, so the table keeps
@@ -301,6 +303,8 @@ def lookup_and_gate(h_BTD: jax.Array, rows_BTG: jax.Array, table_RW: jax.Array,
     compute_dtype: dtype of the projections and the result.
     mesh, table_axis, batch_axes: sharding of the lookup, see `gather_rows`.
     norm_eps: epsilon of the gate's RMSNorms, see `engram_gate`.
+    overrides: per-sequence rows whose gathered values are replaced, see
+      engram_jax.model.overrides; the table itself is never written.
 
   Returns:
     [B, T, D] gated value in `compute_dtype`.
@@ -308,5 +312,7 @@ def lookup_and_gate(h_BTD: jax.Array, rows_BTG: jax.Array, table_RW: jax.Array,
   compute_dtype = _float_dtype(compute_dtype)
   e_BTE = gather_rows(table_RW, rows_BTG, mesh=mesh, table_axis=table_axis,
                       batch_axes=batch_axes, dtype=compute_dtype)
+  if overrides is not None:
+    e_BTE = apply_overrides(e_BTE, rows_BTG, overrides)
   return engram_gate(h_BTD, e_BTE, w_k_ED, w_v_ED,
                      compute_dtype=compute_dtype, norm_eps=norm_eps)

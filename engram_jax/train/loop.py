@@ -94,7 +94,7 @@ class _Evaluator:
 
 
 def _restore_or_init(cfg, inputs: RunInputs, mesh, manager, meta):
-  table_rows = inputs.layout.physical_rows if inputs.layout is not None else None
+  table_rows = inputs.layout.table_rows if inputs.layout is not None else None
   abstract_params = state_lib.abstract_params(cfg, table_rows)
   tx = optimizer.build_optimizer(cfg, abstract_params)
   state, setup = state_lib.create_train_state(cfg, table_rows, tx, mesh, seed=cfg.train.seed)
