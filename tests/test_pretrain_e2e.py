@@ -140,3 +140,22 @@ def test_two_processes_match(shared, reference_losses, tmp_path):
   losses = _losses(tmp_path)
   for step, loss in reference_losses.items():
     assert losses[step] == pytest.approx(loss, rel=2e-4), f"step {step}"
+
+
+def test_load_pretrained_reproduces_eval(shared, reference_losses, tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from engram_jax.train.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+  _run(tmp_path, shared, "--cpu_devices=1")
+  pretrained = load_pretrained(str(tmp_path))
+  assert pretrained.step == STEPS
+  ids = np.asarray([[pretrained.tokenizer.bos_id] + pretrained.tokenizer.encode("My name is")], np.int32)
+  logits = pretrained.model(jnp.asarray(ids), jnp.asarray(pretrained.hash_rows(ids)))
+  assert logits.shape == (1, ids.shape[1], 512)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_missing_checkpoint_reported(tmp_path):
+  from engram_jax.train.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match="launch.pretrain"):
+    load_pretrained(str(tmp_path))

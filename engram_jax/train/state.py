@@ -71,7 +71,7 @@ def create_train_state(cfg, table_rows, tx, mesh, *, seed: int) -> tuple[dict, T
 
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(abstract_state, mesh)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(cfg, engram_table_rows=table_rows, rngs=nnx.Rngs(0))))
+  graphdef = model_graphdef(cfg, table_rows)
   with jax.set_mesh(mesh):
     state = jax.jit(init_fn, out_shardings=shardings)()
   setup = TrainSetup(graphdef=graphdef, tx=tx, mesh=mesh, abstract_state=abstract_state,
@@ -95,6 +95,11 @@ def state_shardings(abstract_state: dict, mesh) -> dict:
       "opt_state": opt_state_shardings(abstract_state["opt_state"], param_specs, mesh),
       "step": NamedSharding(mesh, P()),
   }
+
+
+def model_graphdef(cfg, table_rows) -> nnx.GraphDef:
+  """The GPT's static structure, for nnx.merge with a params dict."""
+  return nnx.graphdef(nnx.eval_shape(lambda: GPT(cfg, engram_table_rows=table_rows, rngs=nnx.Rngs(0))))
 
 
 def abstract_params(cfg, table_rows) -> dict:

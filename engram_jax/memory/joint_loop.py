@@ -1,0 +1,252 @@
+"""The compiled Joint OPT training loop: settings, minibatch sampling, steps and early stop.
+
+`train_user` is a pure function of the frozen model state and one user's
+`Problem`; `run_compiled` jit-compiles it (vmapped over users when asked),
+caches the executable and runs it. engram_jax.memory.joint_opt prepares the
+inputs and builds the override maps.
+
+Shape letters: N examples, S minibatch slots, R managed rows, W row width,
+A answer slots, C evaluation chunk, U users.
+"""
+
+import dataclasses
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+from flax import nnx
+
+from engram_jax.memory import forward
+from engram_jax.model.overrides import RowOverrides
+
+SCHEDULES = ("constant", "cosine")
+SAMPLINGS = ("epoch", "replacement")
+# Compiled programs kept by `run_compiled`; each holds one shape signature.
+_CACHE_SIZE = 16
+_compiled: dict[Any, Any] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class JointOptSettings:
+  """Joint OPT hyperparameters (Adam betas 0.9/0.999, eps 1e-8, no clipping)."""
+  learning_rate: float = 0.5
+  schedule: str = "constant"  # "constant", or "cosine" decay from warmup to max_steps
+  warmup_steps: int = 0  # linear warmup from learning_rate / warmup_steps
+  final_lr_fraction: float = 0.1  # cosine only: final lr / peak lr
+  batch_size: int = 16  # examples per step (fewer when the user has fewer)
+  sampling: str = "epoch"  # "epoch": without replacement per epoch; "replacement"
+  max_steps: int = 1500
+  early_stop: bool = True
+  check_every: int | None = None  # steps between recall checks; None: max(10, one epoch)
+  target_recall: float = 1.0  # stop once this fraction of examples is fully greedy-correct
+  loss_tokens: str = "all"  # "all" answer tokens, or "first" (the reference's loss)
+  scale: float = 20.0  # UNEMBED_P scale of the initial values
+  seed: int = 0  # minibatch sampling
+  eval_batch: int = 64  # examples per chunk of the recall check
+  reference_schedule: bool = False  # see `effective`
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES or self.sampling not in SAMPLINGS:
+      raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES} and "
+                       f"sampling={self.sampling!r} one of {SAMPLINGS}.")
+    if self.loss_tokens not in ("all", "first"):
+      raise ValueError(f"loss_tokens={self.loss_tokens!r} is not supported; use 'all' or 'first'.")
+    positive = {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "eval_batch": self.eval_batch, "check_every": self.check_every or 1}
+    bad = {name: value for name, value in positive.items() if value <= 0}
+    if bad or self.max_steps < 0 or self.warmup_steps < 0 or not 0 < self.target_recall <= 1:
+      raise ValueError(
+          f"Invalid JointOptSettings ({bad or self}): learning_rate, batch_size, eval_batch and "
+          "check_every must be positive, max_steps and warmup_steps non-negative, and "
+          "target_recall in (0, 1].")
+
+  def effective(self) -> "JointOptSettings":
+    """The settings a run uses: with `reference_schedule`, the reference's schedule.
+
+    That is batch 1 sampled with replacement, Adam at a constant lr 0.5 and
+    exactly `max_steps` steps without early stopping. Other fields are kept.
+    """
+    if not self.reference_schedule:
+      return self
+    return dataclasses.replace(
+        self, learning_rate=0.5, schedule="constant", warmup_steps=0, batch_size=1,
+        sampling="replacement", early_stop=False)
+
+
+class Problem(NamedTuple):
+  """One user's device inputs; several users stack along a leading axis."""
+  cache: forward.PrefixCache  # [N, ...] examples, padded
+  example_mask_N: jax.Array  # bool, real examples
+  num_examples: jax.Array  # int32 scalar, real examples
+  rows_R: jax.Array  # int32 managed rows, ascending, UNUSED_ROW padding
+  init_RW: jax.Array  # float32 initial values (0 in padding)
+
+
+class Outcome(NamedTuple):
+  values_RW: jax.Array
+  steps: jax.Array  # optimiser steps run
+  recall: jax.Array  # fraction of real examples fully greedy-correct
+  loss: jax.Array  # mean answer-token cross-entropy over all real examples
+
+
+def learning_rate_schedule(settings: JointOptSettings) -> optax.Schedule:
+  lr, warmup = settings.learning_rate, settings.warmup_steps
+  if settings.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=lr / max(warmup, 1), peak_value=lr, warmup_steps=warmup,
+        decay_steps=max(settings.max_steps, warmup + 1), end_value=lr * settings.final_lr_fraction)
+  if warmup == 0:
+    return optax.constant_schedule(lr)
+  return optax.join_schedules(
+      [optax.linear_schedule(lr / warmup, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def check_interval(settings: JointOptSettings, num_examples: int, slots: int) -> int:
+  """Steps between recall checks: the setting, or max(10, steps per epoch)."""
+  if settings.check_every is not None:
+    return settings.check_every
+  return max(10, math.ceil(num_examples / slots))
+
+
+def _epoch_order(key, epoch, n, N: int) -> jax.Array:
+  """A permutation of [0, n) for `epoch`, then the padding indices [n, N).
+
+  Each index draws its own uniform from (key, epoch, index), so the order of
+  the real examples does not depend on the padding N.
+  """
+  epoch_key = jax.random.fold_in(key, epoch)
+  index_N = jnp.arange(N)
+  u_N = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i)))(index_N)
+  return jnp.argsort(jnp.where(index_N < n, u_N, 2.0))
+
+
+def sample_batch(key, step, n, b, slots: int, N: int, sampling: str):
+  """Return example indices [S] and their validity [S] for `step`; b <= slots examples are real.
+
+  "epoch" walks through one random permutation of the n examples per epoch,
+  b examples per step, so every example is seen once per epoch.
+  "replacement" draws b examples uniformly and independently.
+  """
+  slot_S = jnp.arange(slots)
+  valid_S = slot_S < b
+  if sampling == "replacement":
+    step_key = jax.random.fold_in(key, step)
+    index_S = jax.vmap(lambda j: jax.random.randint(jax.random.fold_in(step_key, j), (), 0, n))(slot_S)
+  else:
+    position_S = step * b + slot_S
+    first_epoch = (step * b) // n
+    order0_N = _epoch_order(key, first_epoch, n, N)
+    order1_N = _epoch_order(key, first_epoch + 1, n, N)
+    in_first_S = position_S // n == first_epoch
+    index_S = jnp.where(in_first_S, order0_N[position_S % n], order1_N[position_S % n])
+  return jnp.where(valid_S, index_S, 0), valid_S
+
+
+def _overrides(rows_R, values_RW, batch: int) -> RowOverrides:
+  """Every sequence carries the whole map."""
+  R, W = values_RW.shape
+  return RowOverrides(jnp.broadcast_to(rows_R, (batch, R)), jnp.broadcast_to(values_RW, (batch, R, W)))
+
+
+def _answer_terms(model, problem, values_RW, index_B, weight_B, settings, layer):
+  """Summed NLL, loss-token count and fully correct real examples of a batch of examples."""
+  cache_B = forward.take_examples(problem.cache, index_B)
+  logits_BAV = forward.answer_logits(
+      model, cache_B, _overrides(problem.rows_R, values_RW, index_B.shape[0]), layer)
+  nll_BA = forward.answer_nll(logits_BAV, cache_B.answer_ids_NA)
+  mask_BA = forward.loss_mask(cache_B.answer_mask_NA, settings.loss_tokens) & weight_B[:, None]
+  correct_B = forward.answer_correct(logits_BAV, cache_B.answer_ids_NA, cache_B.answer_mask_NA)
+  return jnp.sum(nll_BA * mask_BA), jnp.sum(mask_BA), jnp.sum(correct_B & weight_B)
+
+
+def _evaluate(model, problem, values_RW, settings, layer, chunk: int):
+  """Recall and mean loss over all real examples, `chunk` examples at a time."""
+  N = problem.example_mask_N.shape[0]
+  index_KC = jnp.arange(N).reshape(N // chunk, chunk)
+
+  def one_chunk(index_C):
+    return _answer_terms(model, problem, values_RW, index_C, problem.example_mask_N[index_C],
+                         settings, layer)
+
+  nll_K, count_K, correct_K = jax.lax.map(one_chunk, index_KC)
+  recall = jnp.sum(correct_K) / problem.num_examples
+  return recall, jnp.sum(nll_K) / jnp.maximum(jnp.sum(count_K), 1)
+
+
+def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, layer: int,
+               slots: int, chunk: int, check_every: int) -> Outcome:
+  """Train one user's managed rows; pure and compiled as a whole."""
+  model = nnx.merge(graphdef, state)
+  tx = optax.adam(learning_rate_schedule(settings))
+  key = jax.random.key(settings.seed)
+  n = problem.num_examples
+  b = jnp.minimum(settings.batch_size, n)
+  N = problem.example_mask_N.shape[0]
+
+  def batch_loss(values_RW, index_S, valid_S):
+    nll, count, _ = _answer_terms(model, problem, values_RW, index_S, valid_S, settings, layer)
+    return nll / jnp.maximum(count, 1)
+
+  def one_step(carry):
+    step, values_RW, opt_state = carry
+    index_S, valid_S = sample_batch(key, step, n, b, slots, N, settings.sampling)
+    grads_RW = jax.grad(batch_loss)(values_RW, index_S, valid_S)
+    updates, opt_state = tx.update(grads_RW, opt_state, values_RW)
+    return step + 1, optax.apply_updates(values_RW, updates), opt_state
+
+  evaluate = lambda v: _evaluate(model, problem, v, settings, layer, chunk)
+  carry = (jnp.zeros((), jnp.int32), problem.init_RW, tx.init(problem.init_RW))
+  if not settings.early_stop:
+    carry = jax.lax.fori_loop(0, settings.max_steps, lambda _, c: one_step(c), carry)
+    recall, loss = evaluate(carry[1])
+    return Outcome(carry[1], carry[0], recall, loss)
+
+  def guarded_step(_, c):
+    # The last block may pass max_steps; steps beyond it leave the state as it is.
+    return jax.tree.map(lambda new, old: jnp.where(c[0] < settings.max_steps, new, old),
+                        one_step(c), c)
+
+  def block(state_and_metrics):
+    c, _ = state_and_metrics
+    c = jax.lax.fori_loop(0, check_every, guarded_step, c)
+    return c, evaluate(c[1])
+
+  def running(state_and_metrics):
+    c, (recall, _) = state_and_metrics
+    return (c[0] < settings.max_steps) & (recall < settings.target_recall - 1e-6)
+
+  carry, (recall, loss) = jax.lax.while_loop(running, block, (carry, evaluate(carry[1])))
+  return Outcome(carry[1], carry[0], recall, loss)
+
+
+def _signature(tree) -> tuple:
+  leaves, structure = jax.tree.flatten(tree)
+  return structure, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves)
+
+
+def run_compiled(graphdef, state, problem: Problem, settings: JointOptSettings, layer: int,
+                 slots: int, chunk: int, *, users: int | None = None) -> tuple[Outcome, float]:
+  """Compile (or reuse) and run the training program; return its outcome and compile seconds.
+
+  With `users`, `problem` holds that many users stacked on axis 0 and the
+  program vmaps `train_user` over them.
+  """
+  check_every = check_interval(settings, problem.example_mask_N.shape[-1], slots)
+  key = (graphdef, settings, layer, slots, chunk, check_every, users,
+         _signature(state), _signature(problem))
+  compile_seconds = 0.0
+  if key not in _compiled:
+    start = time.perf_counter()
+    train = lambda s, p: train_user(graphdef, s, p, settings, layer, slots, chunk, check_every)
+    program = jax.jit(train if users is None else jax.vmap(train, in_axes=(None, 0)))
+    if len(_compiled) >= _CACHE_SIZE:
+      _compiled.pop(next(iter(_compiled)))
+    _compiled[key] = program.lower(state, problem).compile()
+    compile_seconds = time.perf_counter() - start
+    logging.info("[memory] compiled Joint OPT for %s users in %.1fs", users or 1, compile_seconds)
+  outcome = _compiled[key](state, problem)
+  return jax.block_until_ready(outcome), compile_seconds

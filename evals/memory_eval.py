@@ -1,0 +1,236 @@
+"""Evaluate per-user memory maps: recall, locality, leakage, storage and write time.
+
+`evaluate_memory` takes a pretrained model, users and maps grouped by
+strategy and seed, and returns the report dict (evals.report). Map files live
+at <maps_dir>/<strategy>/seed<seed>/<uid>.safetensors (`map_path`).
+
+A map's `settings["write"]` entry, added by launch.write_memory, records the
+writing seed, the wall-clock seconds and whether every anticipated phrasing
+was written (multi_trigger). Maps without it get no write time.
+"""
+
+import dataclasses
+import hashlib
+import pathlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from absl import logging
+
+from engram_jax.memory import load_map, model_fingerprint
+from engram_jax.memory.maps import OverrideMap, check_map_fits
+from engram_jax.train.pretrained import Pretrained
+from engram_jax.users import User
+
+from evals import recall, report as report_lib
+from evals.decode import BUFFER_MULTIPLE, ModelRunner, offtrigger_residual_change
+from evals.locality import ValidationSet, compute_base, map_locality
+
+BASE_STRATEGY = "none"  # the bare model, evaluated once as a reference row
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+DEFINITIONS = {
+    "exact_match": "the greedy continuation starts with the whole gold answer (normalised "
+                   "word match) and the next character does not continue a word",
+    "first_token_topk": "secondary: rank < k, where rank counts vocabulary entries whose logit "
+                        "at the trigger position is strictly greater than the gold's first token",
+    "seen / heldout": "seen = the prompts the map was written from; heldout = the direct_qa "
+                      "questions as 'Q: ...\\nA:', never written",
+    "leakage.rate": "share of (user B prompt, co-resident user A) checks in one batched forward "
+                    "pass, each sequence with its own user's map, whose output states A's answer "
+                    "and not B's own",
+    "leakage.swap_control_rate": "a user's prompts with the next user's map: share of outputs "
+                                 "stating the map owner's answer and not the prompt owner's",
+    "locality.delta_bpb": "validation bpb with the map minus without it, per user map",
+    "storage.bytes_per_fact": "rows * (row width * value bytes + 4) / facts",
+    "write.seconds_per_fact": "wall-clock writing seconds / facts",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """Batch sizes and the validation budget of one evaluation."""
+  batch_size: int = 32  # probes per forward pass
+  eval_tokens: int = 16_384  # validation target tokens for Δbpb
+  val_batch_rows: int = 8  # validation rows per forward pass
+  include_base: bool = True  # add the bare model as strategy "none"
+
+
+def map_path(maps_dir: str | pathlib.Path, strategy: str, seed: int, uid: str) -> pathlib.Path:
+  return pathlib.Path(maps_dir) / strategy / f"seed{seed}" / f"{uid}.safetensors"
+
+
+def discover_maps(maps_dir: str | pathlib.Path) -> dict[str, dict[int, dict[str, pathlib.Path]]]:
+  """Return {strategy: {seed: {uid: path}}} for every map file under `maps_dir`."""
+  root = pathlib.Path(maps_dir)
+  if not root.is_dir():
+    raise FileNotFoundError(f"{root} is not a directory; write maps with `python -m launch.write_memory`.")
+  found: dict[str, dict[int, dict[str, pathlib.Path]]] = {}
+  for path in sorted(root.glob("*/seed*/*.safetensors")):
+    seed_match = _SEED_DIR.match(path.parent.name)
+    if seed_match:
+      found.setdefault(path.parent.parent.name, {}).setdefault(
+          int(seed_match.group(1)), {})[path.stem] = path
+  if not found:
+    raise ValueError(f"{root} holds no <strategy>/seed<k>/<uid>.safetensors map files.")
+  return found
+
+
+def load_run_maps(pre: Pretrained, maps_dir, users: Sequence[User], *,
+                  strategies: Sequence[str] | None = None,
+                  seeds: Sequence[int] | None = None) -> dict[str, dict[int, dict[str, OverrideMap]]]:
+  """Load the maps of `users` for the chosen strategies and seeds, checked against the model."""
+  found = discover_maps(maps_dir)
+  fingerprint = model_fingerprint(pre.cfg, pre.tokenizer.fingerprint, pre.layout)
+  layer_index = pre.layout.layer_ids.index(pre.memory_layer)
+  out: dict[str, dict[int, dict[str, OverrideMap]]] = {}
+  for strategy in strategies or sorted(found):
+    if strategy not in found:
+      raise ValueError(f"No maps for strategy {strategy!r} in {maps_dir}; found {sorted(found)}.")
+    for seed in seeds if seeds is not None else sorted(found[strategy]):
+      paths = found[strategy].get(seed, {})
+      missing = [u.uid for u in users if u.uid not in paths]
+      if missing:
+        raise ValueError(f"{maps_dir}/{strategy}/seed{seed} lacks maps for users {missing}.")
+      out.setdefault(strategy, {})[seed] = {
+          u.uid: load_map(paths[u.uid], expected_fingerprint=fingerprint,
+                          table_rows=pre.layout.table_rows[layer_index]) for u in users}
+  return out
+
+
+def _check_maps(runner: ModelRunner, maps: Mapping[str, OverrideMap | None], where: str) -> None:
+  for uid, m in maps.items():
+    if m is None:
+      continue
+    check_map_fits(m, row_width=runner.row_width, where=f"{where}/{uid}")
+    if m.layer != runner.layer:
+      raise ValueError(f"{where}/{uid}: the map targets block {m.layer}, but the model's memory "
+                       f"layer is block {runner.layer}; write it for this model.")
+    if m.owner != uid:
+      raise ValueError(f"{where}/{uid}: the map belongs to {m.owner!r}, not {uid!r}.")
+
+
+def _maps_digest(maps: Mapping[str, OverrideMap | None]) -> str:
+  digest = hashlib.sha256()
+  for uid in sorted(maps):
+    m = maps[uid]
+    digest.update(uid.encode())
+    if m is not None:
+      digest.update(m.rows.tobytes())
+      digest.update(m.values.tobytes())
+  return digest.hexdigest()
+
+
+def _slots(runs: Mapping[str, Mapping[int, Mapping[str, OverrideMap | None]]]) -> int:
+  largest = max([0] + [m.num_rows for seeds in runs.values() for maps in seeds.values()
+                       for m in maps.values() if m is not None])
+  return max(BUFFER_MULTIPLE, -(-largest // BUFFER_MULTIPLE) * BUFFER_MULTIPLE)
+
+
+class _Evaluator:
+  """Evaluates one (strategy, seed) set of maps with shared shapes and validation rows."""
+
+  def __init__(self, runner, users, facts, val, settings, slots, steps):
+    self.runner, self.users, self.facts, self.val = runner, users, facts, val
+    self.settings, self.slots, self.steps = settings, slots, steps
+    self._done: dict[str, dict] = {}
+
+  def run(self, strategy: str, seed: int, maps: Mapping[str, OverrideMap | None]) -> dict:
+    digest = _maps_digest(maps)
+    if digest in self._done:
+      # Bit-identical maps (a deterministic writer) give identical outputs; only write times differ.
+      logging.info("[eval] %s seed %d: maps equal an earlier seed's, reusing its outputs", strategy, seed)
+      previous = self._done[digest]
+    else:
+      previous = self._evaluate(strategy, seed, maps)
+      self._done[digest] = previous
+    users = {uid: dict(values, **_write_numbers(maps[uid])) for uid, values in previous["users"].items()}
+    return dict(previous, strategy=strategy, seed=seed, users=users)
+
+  def _evaluate(self, strategy: str, seed: int, maps: Mapping[str, OverrideMap | None]) -> dict:
+    start = time.perf_counter()
+    probes = recall.build_probes(self.runner.pre.tokenizer, self.facts, maps)
+    records = []
+    for split in ("seen", "heldout", "swap"):
+      records += recall.run_probes(self.runner, probes[split], maps, steps=self.steps,
+                                   batch_size=self.settings.batch_size, slots=self.slots)
+    seen = [r for r in records if r["split"] == "seen"]
+    checks = recall.leak_checks(seen, self.facts)
+    users = self._map_numbers(maps, probes["seen"])
+    logging.info("[eval] %s seed %d: %d probes, %d leak checks in %.1fs", strategy, seed,
+                 len(records), len(checks), time.perf_counter() - start)
+    return {"probes": records, "leak_checks": checks, "users": users}
+
+  def _map_numbers(self, maps, seen_probes) -> dict[str, dict]:
+    present = {uid: m for uid, m in maps.items() if m is not None}
+    locality = map_locality(self.runner, self.val, present, self.slots) if present else {}
+    change = np.zeros(len(seen_probes))
+    if present:
+      change = offtrigger_residual_change(
+          self.runner, [p.prompt_ids for p in seen_probes],
+          [maps[p.uid] for p in seen_probes], batch_size=self.settings.batch_size, slots=self.slots)
+    out = {}
+    for uid, m in maps.items():
+      mine = [c for c, p in zip(change, seen_probes) if p.uid == uid]
+      values = {"num_facts": len(self.facts[uid]), "offtrigger_change": float(max(mine, default=0.0))}
+      if m is None:
+        values.update(delta_bpb=0.0, firing_rate=0.0, storage_bytes=0, num_rows=0, value_dtype=None)
+      else:
+        values.update(delta_bpb=locality[uid]["delta_bpb"], firing_rate=locality[uid]["firing_rate"],
+                      storage_bytes=m.storage_bytes(), num_rows=m.num_rows, value_dtype=m.value_dtype)
+      out[uid] = values
+    return out
+
+
+def _write_numbers(m: OverrideMap | None) -> dict:
+  seconds = None if m is None else m.settings.get("write", {}).get("seconds")
+  return {"write_seconds": seconds}
+
+
+def evaluate_memory(pre: Pretrained, users: Sequence[User],
+                    runs: Mapping[str, Mapping[int, Mapping[str, OverrideMap]]],
+                    val: ValidationSet,
+                    settings: EvalSettings = EvalSettings()) -> tuple[dict, dict[str, list[dict]]]:
+  """Evaluate every (strategy, seed) run of maps; return (report dict, seed results by strategy).
+
+  `runs` is {strategy: {seed: {uid: map}}}; every run must cover all `users`.
+  The seed results hold every probe record, for a predictions file.
+  """
+  if not users:
+    raise ValueError("No users to evaluate; pass at least one user.")
+  runner = ModelRunner(pre)
+  runs = {name: dict(seeds) for name, seeds in runs.items()}
+  if settings.include_base:
+    runs = {BASE_STRATEGY: {0: {u.uid: None for u in users}}, **runs}
+  for name, seeds in runs.items():
+    for seed, maps in seeds.items():
+      _check_maps(runner, maps, f"{name}/seed{seed}")
+  facts = recall.user_fact_prompts(users)
+  slots = _slots(runs)
+  start = time.perf_counter()
+  compute_base(runner, val, slots)
+  logging.info("[eval] base bpb %.4f on %d tokens in %.1fs", val.base_bpb, val.tokens,
+               time.perf_counter() - start)
+  evaluator = _Evaluator(runner, users, facts, val, settings, slots, recall.decode_steps(pre.tokenizer, facts))
+  strategies, all_seeds, seed_results = {}, set(), {}
+  for name, seeds in runs.items():
+    results = [evaluator.run(name, seed, seeds[seed]) for seed in sorted(seeds)]
+    seed_results[name] = results
+    strategies[name] = report_lib.aggregate_strategy(results)
+    if name != BASE_STRATEGY:
+      all_seeds.update(seeds)
+  report = {
+      "model": {"workdir": str(pre.workdir), "name": pre.cfg.name, "step": pre.step,
+                "memory_layer": runner.layer},
+      "users": [u.uid for u in users],
+      "seeds": sorted(all_seeds),
+      "num_facts": {uid: len(per_user) for uid, per_user in facts.items()},
+      "validation": {"tokens": val.tokens, "base_bpb": val.base_bpb},
+      "decode": {"steps": evaluator.steps, "batch_size": settings.batch_size, "override_slots": slots},
+      "primary_metric": "recall.<split>.exact_match (full answer, greedy decoding)",
+      "definitions": DEFINITIONS,
+      "strategies": strategies,
+  }
+  return report, seed_results
