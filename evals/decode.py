@@ -32,9 +32,9 @@ BUFFER_MULTIPLE = 8  # buffer lengths are rounded up to this, so nearby lengths 
 
 @dataclasses.dataclass
 class DecodeResult:
-  """Greedy decoding of N prompts: the gold first token's rank and S generated tokens each."""
+  """Greedy decoding of N prompts: the gold first token's rank and the greedy tokens of each."""
   ranks_N: np.ndarray  # int64, logits strictly above the gold's at the trigger position
-  tokens_NS: np.ndarray  # int32 greedy tokens, the first at the trigger position
+  tokens: list[np.ndarray]  # int32 greedy tokens per prompt, the first at the trigger position
 
 
 class ModelRunner:
@@ -73,9 +73,13 @@ def _logits_at(model, x_BTD, kept_BTD, pos_B) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layout", "layer", "steps"))
-def _decode_batch(state, ids_BT, lengths_B, gold_B, canonical_V, overrides, *, graphdef, layout,
-                  layer, steps):
-  """Rank the gold at the trigger, then greedily decode `steps` tokens into the buffer."""
+def _decode_batch(state, ids_BT, lengths_B, gold_B, num_steps, canonical_V, overrides, *, graphdef,
+                  layout, layer, steps):
+  """Rank the gold at the trigger, then greedily decode `num_steps` <= `steps` tokens.
+
+  `num_steps` is traced, so batches that need fewer tokens stop early without
+  a new compilation; unused token slots stay 0.
+  """
   B = ids_BT.shape[0]
   batch_B = jnp.arange(B)
 
@@ -98,7 +102,7 @@ def _decode_batch(state, ids_BT, lengths_B, gold_B, canonical_V, overrides, *, g
     token_B = jnp.argmax(next_token(ids_BT, lengths_B_now), axis=-1).astype(jnp.int32)
     return ids_BT.at[batch_B, lengths_B_now].set(token_B), tokens_BS.at[:, step].set(token_B)
 
-  _, tokens_BS = jax.lax.fori_loop(1, steps, body, (ids_BT, tokens_BS))
+  _, tokens_BS = jax.lax.fori_loop(1, num_steps, body, (ids_BT, tokens_BS))
   return ranks_B, tokens_BS
 
 
@@ -154,14 +158,20 @@ def _batches(total: int, batch_size: int):
 
 
 def decode_greedy(runner: ModelRunner, prompts: Sequence[Sequence[int]],
-                  maps: Sequence[OverrideMap | None], gold_first_ids: Sequence[int], *, steps: int,
-                  batch_size: int = 32, slots: int | None = None) -> DecodeResult:
-  """Rank each gold first token and greedily decode `steps` tokens, each prompt with its map."""
-  if not len(prompts) == len(maps) == len(gold_first_ids):
-    raise ValueError(f"Got {len(prompts)} prompts, {len(maps)} maps and {len(gold_first_ids)} golds; "
-                     "pass one of each per sequence.")
-  if steps < 1:
-    raise ValueError(f"steps={steps} must be at least 1.")
+                  maps: Sequence[OverrideMap | None], gold_first_ids: Sequence[int],
+                  num_tokens: Sequence[int], *, steps: int, batch_size: int = 32,
+                  slots: int | None = None) -> DecodeResult:
+  """Rank each gold first token and greedily decode `num_tokens[n]` tokens, each prompt with its map.
+
+  `steps` (at least max(num_tokens)) fixes the buffer, so every call with the
+  same `steps`, `batch_size` and `slots` reuses one compilation.
+  """
+  if not len(prompts) == len(maps) == len(gold_first_ids) == len(num_tokens):
+    raise ValueError(f"Got {len(prompts)} prompts, {len(maps)} maps, {len(gold_first_ids)} golds and "
+                     f"{len(num_tokens)} token counts; pass one of each per sequence.")
+  if min(num_tokens, default=1) < 1 or max(num_tokens, default=1) > steps:
+    raise ValueError(f"Token counts must lie in [1, steps={steps}]; got {min(num_tokens)} to "
+                     f"{max(num_tokens)}. Raise steps.")
   slots = _padded_slots(maps) if slots is None else slots
   ids_NT, lengths_N = _buffer(runner, prompts, steps)
   gold_N = np.asarray(gold_first_ids, np.int32)
@@ -169,13 +179,15 @@ def decode_greedy(runner: ModelRunner, prompts: Sequence[Sequence[int]],
   for index, real in _batches(len(prompts), batch_size):
     take = np.where(real, index, 0)
     overrides = runner.overrides([maps[i] if r else None for i, r in zip(take, real)], slots)
+    needed = max(num_tokens[i] for i in index[real])
     ranks_B, tokens_BS = _decode_batch(
         runner.state, jnp.asarray(ids_NT[take]), jnp.asarray(lengths_N[take]),
-        jnp.asarray(gold_N[take]), runner.canonical_V, overrides, graphdef=runner.graphdef,
-        layout=runner.pre.layout, layer=runner.layer, steps=steps)
+        jnp.asarray(gold_N[take]), jnp.asarray(needed, jnp.int32), runner.canonical_V, overrides,
+        graphdef=runner.graphdef, layout=runner.pre.layout, layer=runner.layer, steps=steps)
     ranks.append(np.asarray(ranks_B)[real])
-    tokens.append(np.asarray(tokens_BS)[real])
-  return DecodeResult(np.concatenate(ranks).astype(np.int64), np.concatenate(tokens))
+    tokens_BS = np.asarray(tokens_BS)
+    tokens += [tokens_BS[b, :num_tokens[i]] for b, i in enumerate(index[real])]
+  return DecodeResult(np.concatenate(ranks).astype(np.int64), tokens)
 
 
 def offtrigger_residual_change(runner: ModelRunner, prompts: Sequence[Sequence[int]],

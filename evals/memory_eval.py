@@ -1,35 +1,34 @@
 """Evaluate per-user memory maps: recall, locality, leakage, storage and write time.
 
 `evaluate_memory` takes a pretrained model, users and maps grouped by
-strategy and seed, and returns the report dict (evals.report). Map files live
-at <maps_dir>/<strategy>/seed<seed>/<uid>.safetensors (`map_path`).
+strategy and seed, and returns the report dict (evals.report) with the
+per-seed results. `run_evaluation` also reads the validation rows and writes
+the report files. Map files are read and written by evals.map_store.
 
-A map's `settings["write"]` entry, added by launch.write_memory, records the
-writing seed, the wall-clock seconds and whether every anticipated phrasing
-was written (multi_trigger). Maps without it get no write time.
+A map's `settings["write"]` entry, added by evals.map_store.write_maps,
+records the writing seed, the wall-clock seconds and whether every
+anticipated phrasing was written (multi_trigger). Maps without it get no
+write time.
 """
 
 import dataclasses
 import hashlib
 import pathlib
-import re
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
 
-from engram_jax.memory import load_map, model_fingerprint
 from engram_jax.memory.maps import OverrideMap, check_map_fits
 from engram_jax.train.pretrained import Pretrained
 from engram_jax.users import User
 
 from evals import recall, report as report_lib
 from evals.decode import BUFFER_MULTIPLE, ModelRunner, offtrigger_residual_change
-from evals.locality import ValidationSet, compute_base, map_locality
+from evals.locality import ValidationSet, compute_base, load_validation, map_locality
 
 BASE_STRATEGY = "none"  # the bare model, evaluated once as a reference row
-_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 DEFINITIONS = {
     "exact_match": "the greedy continuation starts with the whole gold answer (normalised "
@@ -41,6 +40,8 @@ DEFINITIONS = {
     "leakage.rate": "share of (user B prompt, co-resident user A) checks in one batched forward "
                     "pass, each sequence with its own user's map, whose output states A's answer "
                     "and not B's own",
+    "leakage.rate_beyond_bare_model": "leaks whose prompt the bare model does not already answer "
+                                      "with the other user's answer, over all checks",
     "leakage.swap_control_rate": "a user's prompts with the next user's map: share of outputs "
                                  "stating the map owner's answer and not the prompt owner's",
     "locality.delta_bpb": "validation bpb with the map minus without it, per user map",
@@ -56,48 +57,6 @@ class EvalSettings:
   eval_tokens: int = 16_384  # validation target tokens for Δbpb
   val_batch_rows: int = 8  # validation rows per forward pass
   include_base: bool = True  # add the bare model as strategy "none"
-
-
-def map_path(maps_dir: str | pathlib.Path, strategy: str, seed: int, uid: str) -> pathlib.Path:
-  return pathlib.Path(maps_dir) / strategy / f"seed{seed}" / f"{uid}.safetensors"
-
-
-def discover_maps(maps_dir: str | pathlib.Path) -> dict[str, dict[int, dict[str, pathlib.Path]]]:
-  """Return {strategy: {seed: {uid: path}}} for every map file under `maps_dir`."""
-  root = pathlib.Path(maps_dir)
-  if not root.is_dir():
-    raise FileNotFoundError(f"{root} is not a directory; write maps with `python -m launch.write_memory`.")
-  found: dict[str, dict[int, dict[str, pathlib.Path]]] = {}
-  for path in sorted(root.glob("*/seed*/*.safetensors")):
-    seed_match = _SEED_DIR.match(path.parent.name)
-    if seed_match:
-      found.setdefault(path.parent.parent.name, {}).setdefault(
-          int(seed_match.group(1)), {})[path.stem] = path
-  if not found:
-    raise ValueError(f"{root} holds no <strategy>/seed<k>/<uid>.safetensors map files.")
-  return found
-
-
-def load_run_maps(pre: Pretrained, maps_dir, users: Sequence[User], *,
-                  strategies: Sequence[str] | None = None,
-                  seeds: Sequence[int] | None = None) -> dict[str, dict[int, dict[str, OverrideMap]]]:
-  """Load the maps of `users` for the chosen strategies and seeds, checked against the model."""
-  found = discover_maps(maps_dir)
-  fingerprint = model_fingerprint(pre.cfg, pre.tokenizer.fingerprint, pre.layout)
-  layer_index = pre.layout.layer_ids.index(pre.memory_layer)
-  out: dict[str, dict[int, dict[str, OverrideMap]]] = {}
-  for strategy in strategies or sorted(found):
-    if strategy not in found:
-      raise ValueError(f"No maps for strategy {strategy!r} in {maps_dir}; found {sorted(found)}.")
-    for seed in seeds if seeds is not None else sorted(found[strategy]):
-      paths = found[strategy].get(seed, {})
-      missing = [u.uid for u in users if u.uid not in paths]
-      if missing:
-        raise ValueError(f"{maps_dir}/{strategy}/seed{seed} lacks maps for users {missing}.")
-      out.setdefault(strategy, {})[seed] = {
-          u.uid: load_map(paths[u.uid], expected_fingerprint=fingerprint,
-                          table_rows=pre.layout.table_rows[layer_index]) for u in users}
-  return out
 
 
 def _check_maps(runner: ModelRunner, maps: Mapping[str, OverrideMap | None], where: str) -> None:
@@ -117,7 +76,10 @@ def _maps_digest(maps: Mapping[str, OverrideMap | None]) -> str:
   for uid in sorted(maps):
     m = maps[uid]
     digest.update(uid.encode())
-    if m is not None:
+    if m is None:
+      digest.update(b"no map")
+    else:
+      digest.update(f"map {m.num_rows} {m.value_dtype}".encode())
       digest.update(m.rows.tobytes())
       digest.update(m.values.tobytes())
   return digest.hexdigest()
@@ -136,6 +98,7 @@ class _Evaluator:
     self.runner, self.users, self.facts, self.val = runner, users, facts, val
     self.settings, self.slots, self.steps = settings, slots, steps
     self._done: dict[str, dict] = {}
+    self.bare_outputs: dict[tuple[str, str], str] | None = None
 
   def run(self, strategy: str, seed: int, maps: Mapping[str, OverrideMap | None]) -> dict:
     digest = _maps_digest(maps)
@@ -147,7 +110,8 @@ class _Evaluator:
       previous = self._evaluate(strategy, seed, maps)
       self._done[digest] = previous
     users = {uid: dict(values, **_write_numbers(maps[uid])) for uid, values in previous["users"].items()}
-    return dict(previous, strategy=strategy, seed=seed, users=users)
+    return dict(previous, strategy=strategy, seed=seed, users=users, maps=dict(maps),
+                steps=self.steps, slots=self.slots)
 
   def _evaluate(self, strategy: str, seed: int, maps: Mapping[str, OverrideMap | None]) -> dict:
     start = time.perf_counter()
@@ -157,7 +121,9 @@ class _Evaluator:
       records += recall.run_probes(self.runner, probes[split], maps, steps=self.steps,
                                    batch_size=self.settings.batch_size, slots=self.slots)
     seen = [r for r in records if r["split"] == "seen"]
-    checks = recall.leak_checks(seen, self.facts)
+    if all(m is None for m in maps.values()):
+      self.bare_outputs = {(r["uid"], r["prompt"]): r["output"] for r in seen}
+    checks = recall.leak_checks(seen, self.facts, self.bare_outputs)
     users = self._map_numbers(maps, probes["seen"])
     logging.info("[eval] %s seed %d: %d probes, %d leak checks in %.1fs", strategy, seed,
                  len(records), len(checks), time.perf_counter() - start)
@@ -234,3 +200,21 @@ def evaluate_memory(pre: Pretrained, users: Sequence[User],
       "strategies": strategies,
   }
   return report, seed_results
+
+
+def run_evaluation(pre, users, runs, *, out_dir, eval_tokens: int, batch_size: int,
+                   include_base: bool = True, extra: dict | None = None) -> dict:
+  """Evaluate `runs` ({strategy: {seed: {uid: map}}}) and write the report files into `out_dir`.
+
+  `extra` entries are added to the report's top level (the quickstart's stage times).
+  """
+  settings = EvalSettings(batch_size=batch_size, eval_tokens=eval_tokens, include_base=include_base)
+  val = load_validation(pre, eval_tokens=eval_tokens, batch_rows=settings.val_batch_rows)
+  start = time.perf_counter()
+  report, seed_results = evaluate_memory(pre, users, runs, val, settings)
+  report["eval_seconds"] = time.perf_counter() - start
+  report.update(extra or {})
+  paths = report_lib.write_report(report, out_dir)
+  report_lib.write_predictions(seed_results, pathlib.Path(out_dir) / "predictions.jsonl")
+  logging.info("[eval] report in %s", paths["markdown"].parent)
+  return report

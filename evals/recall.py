@@ -15,7 +15,9 @@ Leakage is measured on the seen batches. Their sequences are ordered by fact
 key, so one forward pass carries several users' prompts, each sequence with
 its own user's map. For each prompt of user B and each other user A whose map
 sat in the same forward pass, with the same key and a different answer, a leak
-is an output that states A's answer and not B's own.
+is an output that states A's answer and not B's own. A leak that the bare
+model's output for the same prompt also shows is a coincidence of the model's
+prior; checks record it as `bare_leak` when the bare model was evaluated.
 """
 
 import dataclasses
@@ -116,11 +118,12 @@ def run_probes(runner: ModelRunner, probes: Sequence[Probe], maps: Mapping[str, 
   tokenizer = runner.pre.tokenizer
   per_sequence = [None if p.map_owner is None else maps[p.map_owner] for p in probes]
   result = decode_greedy(runner, [p.prompt_ids for p in probes], per_sequence,
-                         [p.gold_first_id for p in probes], steps=steps, batch_size=batch_size,
-                         slots=slots)
+                         [p.gold_first_id for p in probes],
+                         [probe_tokens(tokenizer, p) for p in probes], steps=steps,
+                         batch_size=batch_size, slots=slots)
   records = []
   for n, probe in enumerate(probes):
-    pieces = [tokenizer.decode([int(t)]) for t in result.tokens_NS[n]]
+    pieces = [tokenizer.decode([int(t)]) for t in result.tokens[n]]
     output = "".join(pieces)
     rank = int(result.ranks_N[n])
     record = {"split": probe.split, "uid": probe.uid, "key": probe.key, "map_owner": probe.map_owner,
@@ -136,8 +139,14 @@ def run_probes(runner: ModelRunner, probes: Sequence[Probe], maps: Mapping[str, 
   return records
 
 
-def leak_checks(seen_records: Sequence[dict], facts: Mapping[str, Mapping[str, FactPrompt]]) -> list[dict]:
-  """Check every seen output against co-resident users' answers; one record per check."""
+def leak_checks(seen_records: Sequence[dict], facts: Mapping[str, Mapping[str, FactPrompt]],
+                bare_outputs: Mapping[tuple[str, str], str] | None = None) -> list[dict]:
+  """Check every seen output against co-resident users' answers; one record per check.
+
+  With `bare_outputs` ((uid, prompt) -> the bare model's output), each check
+  also records `bare_leak`: whether the bare model's output already passes the
+  leak test, so a leak is a coincidence of the model's prior, not the memory.
+  """
   by_batch: dict[int, set[str]] = {}
   for r in seen_records:
     if r["map_owner"] is not None:
@@ -150,13 +159,23 @@ def leak_checks(seen_records: Sequence[dict], facts: Mapping[str, Mapping[str, F
       other_fact = facts[other].get(r["key"])
       if other_fact is None or not scoring.answers_distinct(other_fact.gold, r["gold"]):
         continue
-      checks.append({"uid": r["uid"], "other": other, "key": r["key"], "output": r["output"],
-                     "leak": scoring.is_leak(r["output"], other_fact.gold, r["gold"])})
+      check = {"uid": r["uid"], "other": other, "key": r["key"], "output": r["output"],
+               "leak": scoring.is_leak(r["output"], other_fact.gold, r["gold"])}
+      bare = None if bare_outputs is None else bare_outputs.get((r["uid"], r["prompt"]))
+      if bare is not None:
+        check["bare_leak"] = scoring.is_leak(bare, other_fact.gold, r["gold"])
+      checks.append(check)
   return checks
 
 
+def probe_tokens(tokenizer, probe: Probe) -> int:
+  """Greedy tokens decoded for a probe: its longest gold in tokens plus EXTRA_DECODE_TOKENS."""
+  golds = [probe.gold] + ([probe.map_gold] if probe.map_gold is not None else [])
+  return max(len(tokenizer.encode(g)) for g in golds) + EXTRA_DECODE_TOKENS
+
+
 def decode_steps(tokenizer, facts: Mapping[str, Mapping[str, FactPrompt]]) -> int:
-  """Greedy tokens per probe: the longest gold in tokens plus EXTRA_DECODE_TOKENS."""
+  """Decode buffer capacity: the longest gold of any user in tokens plus EXTRA_DECODE_TOKENS."""
   longest = max(len(tokenizer.encode(fp.gold)) for per_user in facts.values()
                 for fp in per_user.values())
   return longest + EXTRA_DECODE_TOKENS

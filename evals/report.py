@@ -76,6 +76,9 @@ def aggregate_strategy(seed_results: Sequence[dict]) -> dict:
       },
       "leakage": {
           "rate": stats.proportion_summary(_group(checks, lambda c: c["uid"], lambda c: c["leak"])),
+          "rate_beyond_bare_model": stats.proportion_summary(_group(
+              checks, lambda c: c["uid"],
+              lambda c: None if "bare_leak" not in c else c["leak"] and not c["bare_leak"])),
           "swap_control_rate": stats.proportion_summary(
               _group(swaps, lambda p: p["uid"], lambda p: p["swap_hit"])),
           "swap_control_own_exact_match": stats.proportion_summary(
@@ -195,8 +198,9 @@ def write_plot(report: dict, path: str | pathlib.Path) -> None:
 
 def _bars(ax, x, metrics, width, label) -> None:
   means = np.array([np.nan if m["mean"] is None else m["mean"] for m in metrics])
-  low = np.array([0.0 if m["ci95"] is None else m["mean"] - m["ci95"][0] for m in metrics])
-  high = np.array([0.0 if m["ci95"] is None else m["ci95"][1] - m["mean"] for m in metrics])
+  # Rounding can put a percentile bound a hair past the mean; bar lengths cannot be negative.
+  low = np.array([0.0 if m["ci95"] is None else max(0.0, m["mean"] - m["ci95"][0]) for m in metrics])
+  high = np.array([0.0 if m["ci95"] is None else max(0.0, m["ci95"][1] - m["mean"]) for m in metrics])
   ax.bar(x, np.nan_to_num(means), width, yerr=[low, high], capsize=3, label=label)
 
 
@@ -209,3 +213,12 @@ def write_report(report: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib
   write_plot(report, paths["plot"])
   paths["markdown"].write_text(format_markdown(report, paths["plot"].name))
   return paths
+
+
+def write_predictions(seed_results: dict[str, list[dict]], path: pathlib.Path) -> None:
+  """One JSON line per decoded probe, labelled with its strategy and seed."""
+  with open(path, "w", encoding="utf-8") as f:
+    for strategy, results in seed_results.items():
+      for result in results:
+        for record in result["probes"]:
+          f.write(json.dumps({"strategy": strategy, "seed": result["seed"], **record}) + "\n")

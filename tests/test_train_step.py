@@ -18,6 +18,8 @@ MICRO = 2
 
 def _config(**mesh):
   cfg = tiny.get_config()
+  cfg.model.depth = 2  # width 128: small enough that compilation stays short
+  cfg.engram.layer_ids = (0, 1)
   cfg.model.sequence_len = SEQ
   cfg.model.vocab_size = 512
   cfg.train.device_batch_size = ROWS
@@ -170,7 +172,6 @@ def test_incompatible_checkpoint_rejected(tmp_path):
   _save_after_steps(_config(data=1), str(tmp_path), steps=1)
   other = _config(data=1)
   other.model.depth = 3
-  other.engram.layer_ids = (1, 2)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="model.depth"):
     _restore_and_step(other, str(tmp_path), devices=jax.devices()[:1])
 

@@ -32,17 +32,26 @@ _compiled: dict[Any, Any] = {}
 
 @dataclasses.dataclass(frozen=True)
 class JointOptSettings:
-  """Joint OPT hyperparameters (Adam betas 0.9/0.999, eps 1e-8, no clipping)."""
-  learning_rate: float = 0.5
+  """Joint OPT hyperparameters (Adam betas 0.9/0.999, eps 1e-8, no clipping).
+
+  Early stopping: every `check_every` steps the recall of all examples is
+  measured. The run stops once recall reaches `target_recall`, or after
+  `patience` checks in a row without a new best recall (facts whose trigger
+  rows coincide, such as "Willa was born in" and "Emil was born in", can keep
+  recall below 1.0 for good), or at `max_steps`. The returned values are
+  those of the last check with the best recall.
+  """
+  learning_rate: float = 1.0  # peak lr; the reference uses 0.5 (OPT-15) and 1.0 (OPT-60)
   schedule: str = "constant"  # "constant", or "cosine" decay from warmup to max_steps
-  warmup_steps: int = 0  # linear warmup from learning_rate / warmup_steps
+  warmup_steps: int = 5  # linear warmup from learning_rate / warmup_steps
   final_lr_fraction: float = 0.1  # cosine only: final lr / peak lr
   batch_size: int = 16  # examples per step (fewer when the user has fewer)
   sampling: str = "epoch"  # "epoch": without replacement per epoch; "replacement"
   max_steps: int = 1500
   early_stop: bool = True
-  check_every: int | None = None  # steps between recall checks; None: max(10, one epoch)
+  check_every: int | None = None  # steps between recall checks; None: max(4, steps per epoch)
   target_recall: float = 1.0  # stop once this fraction of examples is fully greedy-correct
+  patience: int | None = 10  # checks without a new best recall before stopping; None: never
   loss_tokens: str = "all"  # "all" answer tokens, or "first" (the reference's loss)
   scale: float = 20.0  # UNEMBED_P scale of the initial values
   seed: int = 0  # minibatch sampling
@@ -56,13 +65,14 @@ class JointOptSettings:
     if self.loss_tokens not in ("all", "first"):
       raise ValueError(f"loss_tokens={self.loss_tokens!r} is not supported; use 'all' or 'first'.")
     positive = {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
-                "eval_batch": self.eval_batch, "check_every": self.check_every or 1}
+                "eval_batch": self.eval_batch, "check_every": self.check_every or 1,
+                "patience": self.patience or 1}
     bad = {name: value for name, value in positive.items() if value <= 0}
     if bad or self.max_steps < 0 or self.warmup_steps < 0 or not 0 < self.target_recall <= 1:
       raise ValueError(
-          f"Invalid JointOptSettings ({bad or self}): learning_rate, batch_size, eval_batch and "
-          "check_every must be positive, max_steps and warmup_steps non-negative, and "
-          "target_recall in (0, 1].")
+          f"Invalid JointOptSettings ({bad or self}): learning_rate, batch_size, eval_batch, "
+          "check_every and patience must be positive, max_steps and warmup_steps non-negative, "
+          "and target_recall in (0, 1].")
 
   def effective(self) -> "JointOptSettings":
     """The settings a run uses: with `reference_schedule`, the reference's schedule.
@@ -87,10 +97,13 @@ class Problem(NamedTuple):
 
 
 class Outcome(NamedTuple):
+  """Trained values and where they came from (the best check with early stopping)."""
   values_RW: jax.Array
   steps: jax.Array  # optimiser steps run
-  recall: jax.Array  # fraction of real examples fully greedy-correct
-  loss: jax.Array  # mean answer-token cross-entropy over all real examples
+  best_step: jax.Array  # step of the returned values
+  recall: jax.Array  # fraction of real examples fully greedy-correct with the returned values
+  loss: jax.Array  # their mean loss-token cross-entropy over all real examples
+  stale: jax.Array  # checks since the last new best recall (0 without early stopping)
 
 
 def learning_rate_schedule(settings: JointOptSettings) -> optax.Schedule:
@@ -106,10 +119,10 @@ def learning_rate_schedule(settings: JointOptSettings) -> optax.Schedule:
 
 
 def check_interval(settings: JointOptSettings, num_examples: int, slots: int) -> int:
-  """Steps between recall checks: the setting, or max(10, steps per epoch)."""
+  """Steps between recall checks: the setting, or max(4, steps per epoch)."""
   if settings.check_every is not None:
     return settings.check_every
-  return max(10, math.ceil(num_examples / slots))
+  return max(4, math.ceil(num_examples / slots))
 
 
 def _epoch_order(key, epoch, n, N: int) -> jax.Array:
@@ -177,6 +190,24 @@ def _evaluate(model, problem, values_RW, settings, layer, chunk: int):
   return recall, jnp.sum(nll_K) / jnp.maximum(jnp.sum(count_K), 1)
 
 
+def _track(previous: Outcome, steps, values_RW, recall, loss) -> Outcome:
+  """Keep the values of the latest check with the best recall; count checks without a new best."""
+  keep_new = recall >= previous.recall
+  improved = recall > previous.recall + 1e-6
+  return Outcome(
+      values_RW=jnp.where(keep_new, values_RW, previous.values_RW), steps=steps,
+      best_step=jnp.where(keep_new, steps, previous.best_step),
+      recall=jnp.maximum(recall, previous.recall), loss=jnp.where(keep_new, loss, previous.loss),
+      stale=jnp.where(improved, 0, previous.stale + 1))
+
+
+def _running(settings: JointOptSettings, outcome: Outcome) -> jax.Array:
+  running = (outcome.steps < settings.max_steps) & (outcome.recall < settings.target_recall - 1e-6)
+  if settings.patience is not None:
+    running &= outcome.stale < settings.patience
+  return running
+
+
 def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, layer: int,
                slots: int, chunk: int, check_every: int) -> Outcome:
   """Train one user's managed rows; pure and compiled as a whole."""
@@ -203,24 +234,22 @@ def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, la
   if not settings.early_stop:
     carry = jax.lax.fori_loop(0, settings.max_steps, lambda _, c: one_step(c), carry)
     recall, loss = evaluate(carry[1])
-    return Outcome(carry[1], carry[0], recall, loss)
+    return Outcome(carry[1], carry[0], carry[0], recall, loss, jnp.zeros((), jnp.int32))
 
   def guarded_step(_, c):
     # The last block may pass max_steps; steps beyond it leave the state as it is.
     return jax.tree.map(lambda new, old: jnp.where(c[0] < settings.max_steps, new, old),
                         one_step(c), c)
 
-  def block(state_and_metrics):
-    c, _ = state_and_metrics
+  def block(loop):
+    c, outcome = loop
     c = jax.lax.fori_loop(0, check_every, guarded_step, c)
-    return c, evaluate(c[1])
+    return c, _track(outcome, c[0], c[1], *evaluate(c[1]))
 
-  def running(state_and_metrics):
-    c, (recall, _) = state_and_metrics
-    return (c[0] < settings.max_steps) & (recall < settings.target_recall - 1e-6)
-
-  carry, (recall, loss) = jax.lax.while_loop(running, block, (carry, evaluate(carry[1])))
-  return Outcome(carry[1], carry[0], recall, loss)
+  zero = jnp.zeros((), jnp.int32)
+  start = Outcome(problem.init_RW, zero, zero, *evaluate(problem.init_RW), zero)
+  _, outcome = jax.lax.while_loop(lambda loop: _running(settings, loop[1]), block, (carry, start))
+  return outcome
 
 
 def _signature(tree) -> tuple:

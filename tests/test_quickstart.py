@@ -1,0 +1,83 @@
+"""The quickstart command end to end on a reduced budget, in a subprocess.
+
+A depth-2 model with a 512-token vocabulary pretrains for 20 steps on
+self-made persona documents (no download), then two synthetic users get
+Joint OPT, UNEMBED_P and RANDOM maps for one seed, and the report is written.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from engram_jax.users import persona_documents
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = ("recall.seen.first_token_top1", "recall.seen.exact_match",
+            "recall.heldout.first_token_top1", "recall.heldout.exact_match", "locality.delta_bpb",
+            "leakage.rate", "leakage.swap_control_rate", "storage.bytes_per_fact",
+            "write.seconds_per_fact")
+STRATEGIES = ("joint_opt", "unembed_p", "random")
+
+
+def _config_flags(corpus: pathlib.Path) -> list[str]:
+  values = {
+      "model.depth": 2, "model.sequence_len": 64, "model.vocab_size": 512,
+      "engram.layer_ids": "(0,1)", "data.source": "files", "data.paths": f"('{corpus}',)",
+      "data.val_permille": 100, "train.device_batch_size": 8, "train.total_batch_tokens": 1024,
+      "train.eval_tokens": 2048, "train.log_every": 10,
+  }
+  return ["--config=configs/tiny.py"] + [f"--config.{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+  root = tmp_path_factory.mktemp("quickstart")
+  corpus = root / "corpus"
+  corpus.mkdir()
+  docs = persona_documents(600, seed=3)
+  (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+  workdir = root / "run"
+  command = [sys.executable, "-m", "launch.quickstart", f"--workdir={workdir}", *_config_flags(corpus),
+             "--pretrain_steps=20", "--num_users=2", "--seeds=0", f"--strategies={','.join(STRATEGIES)}",
+             "--joint_max_steps=60", "--eval_tokens=2048", "--batch_size=16"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return workdir / "quickstart"
+
+
+def _lookup(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    tree = tree[part]
+  return tree
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("field", REQUIRED)
+def test_report_json_metric(quickstart, strategy, field):
+  report = json.loads((quickstart / "report.json").read_text())
+  assert set(_lookup(report["strategies"][strategy], field)) >= {"mean", "ci95"}
+
+
+def test_report_json_users_and_seeds(quickstart):
+  report = json.loads((quickstart / "report.json").read_text())
+  assert (report["users"], report["seeds"]) == (["s0000", "s0001"], [0])
+
+
+def test_report_markdown_written(quickstart):
+  assert "| joint_opt |" in (quickstart / "report.md").read_text()
+
+
+def test_plot_is_png(quickstart):
+  assert (quickstart / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_map_file_per_user_strategy_seed(quickstart):
+  files = sorted(p.relative_to(quickstart / "maps").as_posix()
+                 for p in (quickstart / "maps").rglob("*.safetensors"))
+  assert files == sorted(f"{s}/seed0/{u}.safetensors" for s in STRATEGIES for u in ("s0000", "s0001"))
