@@ -54,7 +54,7 @@ class ValidationSet:
 
 
 def data_dir(pre: Pretrained) -> str:
-  """The token shards of a pretraining workdir: cfg.data.dir, else <workdir>/data."""
+  """Return the token shard directory of a pretraining workdir: cfg.data.dir, else <workdir>/data."""
   return pre.cfg.data.dir or os.path.join(pre.workdir, "data")
 
 
@@ -95,7 +95,7 @@ def compute_base(runner: ModelRunner, val: ValidationSet, slots: int) -> None:
 
 
 def hit_positions(val: ValidationSet, layer_index: int, m: OverrideMap) -> np.ndarray:
-  """bool [N, T]: positions whose memory-layer lookup reads at least one of the map's rows."""
+  """Return bool [N, T]: positions whose memory-layer lookup reads at least one of the map's rows."""
   return np.isin(val.rows_LNTG[layer_index], m.rows).any(axis=-1)
 
 

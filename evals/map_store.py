@@ -42,7 +42,8 @@ def discover_maps(maps_dir: str | pathlib.Path) -> dict[str, dict[int, dict[str,
       found.setdefault(path.parent.parent.name, {}).setdefault(
           int(seed_match.group(1)), {})[path.stem] = path
   if not found:
-    raise ValueError(f"{root} holds no <strategy>/seed<k>/<uid>.safetensors map files.")
+    raise ValueError(f"No map files (<strategy>/seed<k>/<uid>.safetensors) found in {root}; "
+                     "write them with `python -m launch.write_memory`.")
   return found
 
 

@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from engram_jax.memory.maps import OverrideMap
-from engram_jax.users import FactPrompt, User, answer_matches, fact_prompts
+from engram_jax.users import FactPrompt, User, fact_prompts
 
 from evals import scoring
 from evals.decode import ModelRunner, decode_greedy
@@ -61,7 +61,7 @@ def _probe(tokenizer, split, fact: FactPrompt, prompt: str, map_owner, map_gold=
 
 
 def written_prompts(fact: FactPrompt, multi_trigger: bool) -> list[str]:
-  """The prompts a writer used for `fact`, as engram_jax.memory.facts.encode_facts picks them."""
+  """Return the prompts a writer used for `fact`, as engram_jax.memory.facts.encode_facts picks them."""
   return list(fact.phrasings) if multi_trigger else [fact.prompt]
 
 
@@ -124,17 +124,12 @@ def run_probes(runner: ModelRunner, probes: Sequence[Probe], maps: Mapping[str, 
   records = []
   for n, probe in enumerate(probes):
     pieces = [tokenizer.decode([int(t)]) for t in result.tokens[n]]
-    output = "".join(pieces)
-    rank = int(result.ranks_N[n])
     record = {"split": probe.split, "uid": probe.uid, "key": probe.key, "map_owner": probe.map_owner,
-              "prompt": probe.prompt, "gold": probe.gold, "output": output, "rank": rank,
-              "exact_match": scoring.states_answer(pieces, probe.gold),
-              "answer_contains": answer_matches(output, probe.gold),
-              "batch": n // batch_size}
-    record.update({f"first_token_top{k}": rank < k for k in scoring.TOP_KS})
+              "prompt": probe.prompt, "gold": probe.gold, "batch": n // batch_size}
+    record.update(scoring.score_probe(result.ranks_N[n], pieces, probe.gold))
     if probe.map_gold is not None:
       record["map_gold"] = probe.map_gold
-      record["swap_hit"] = scoring.is_leak(output, probe.map_gold, probe.gold)
+      record["swap_hit"] = scoring.is_leak(record["output"], probe.map_gold, probe.gold)
     records.append(record)
   return records
 

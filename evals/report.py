@@ -3,7 +3,7 @@
 Each metric is an object {"mean", "ci95": [low, high], "n", "ci_method"}.
 Proportions pool every trial over users and seeds with a Wilson interval.
 Continuous metrics take one value per (user, seed) and bootstrap over users.
-"mean" holds the named statistic, so it is the median for median ranks and
+"mean" is the named statistic, so it is the median for median ranks and
 the maximum for the largest residual change.
 
 A seed result is a dict with "strategy", "seed", "probes" (records from
@@ -137,7 +137,7 @@ TABLE_COLUMNS = (
 
 
 def format_table(report: dict) -> str:
-  """A Markdown table with one row per strategy."""
+  """Format a Markdown table with one row per strategy."""
   header = "| strategy | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
   lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
   for name, summary in report["strategies"].items():
@@ -146,7 +146,7 @@ def format_table(report: dict) -> str:
 
 
 def format_markdown(report: dict, plot_name: str | None = None) -> str:
-  """The whole report.md: setup, the table, definitions and the plot."""
+  """Format the whole report.md: setup, the table, definitions and the plot."""
   model = report["model"]
   val = report.get("validation", {})
   lines = [
@@ -216,7 +216,7 @@ def write_report(report: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib
 
 
 def write_predictions(seed_results: dict[str, list[dict]], path: pathlib.Path) -> None:
-  """One JSON line per decoded probe, labelled with its strategy and seed."""
+  """Write one JSON line per decoded probe, labelled with its strategy and seed."""
   with open(path, "w", encoding="utf-8") as f:
     for strategy, results in seed_results.items():
       for result in results:

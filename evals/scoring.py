@@ -12,7 +12,7 @@ Leaks and swaps compare two answers with `engram_jax.users.answer_matches`,
 a word-boundary containment test, so "no" is not found in "know".
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -83,21 +83,23 @@ def _continues_word(prefix: str, rest: str) -> bool:
 
 
 def is_leak(output: str, map_owner_gold: str, prompt_owner_gold: str) -> bool:
-  """A leak: the output states the map owner's answer and not the prompt owner's own."""
+  """Return whether the output states the map owner's answer and not the prompt owner's own."""
   return answer_matches(output, map_owner_gold) and not answer_matches(output, prompt_owner_gold)
 
 
 def answers_distinct(gold_a: str, gold_b: str) -> bool:
-  """Return whether two golds can be told apart by the matcher (neither matches the other)."""
+  """Return whether the matcher distinguishes two golds (neither matches the other)."""
   return not (answer_matches(gold_a, gold_b) or answer_matches(gold_b, gold_a))
 
 
-def score_probe(first_logits_V: np.ndarray, gold_first_id: int, pieces: Sequence[str],
-                gold: str, match_fn: Callable[[str, str], bool] = answer_matches) -> dict:
-  """Score one probe: first-token rank and hits, full-answer exact match, containment."""
-  rank = gold_rank(first_logits_V, gold_first_id)
+def score_probe(rank: int, pieces: Sequence[str], gold: str) -> dict:
+  """Score one probe from its gold rank and greedy token texts.
+
+  Returns first-token top-k hits (secondary), full-answer exact match
+  (primary), word-boundary containment and the output text.
+  """
   output = "".join(pieces)
   record = {f"first_token_top{k}": top_k_hit(rank, k) for k in TOP_KS}
-  record.update(rank=rank, exact_match=states_answer(pieces, gold),
-                answer_contains=match_fn(output, gold), output=output)
+  record.update(rank=int(rank), exact_match=states_answer(pieces, gold),
+                answer_contains=answer_matches(output, gold), output=output)
   return record

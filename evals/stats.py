@@ -89,7 +89,7 @@ def value_summary(values_by_group: Mapping[str, Sequence[float]], *,
 
   Groups are users. With one group the bootstrap falls back to the items
   themselves, since one cluster cannot be resampled. Returns {"mean", "ci95",
-  "n", "ci_method"}; "mean" holds the statistic (a median when one is passed).
+  "n", "ci_method"}; "mean" is the statistic (a median when one is passed).
   """
   groups = {k: [float(v) for v in vs] for k, vs in values_by_group.items() if len(vs)}
   items = [v for vs in groups.values() for v in vs]

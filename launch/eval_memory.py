@@ -7,7 +7,7 @@ Reads the maps that launch.write_memory wrote (<maps_dir>/<strategy>/seed<k>/<ui
 and measures, per strategy over its seeds: recall on the written prompts and on
 held-out questions (full-answer exact match first, first-token rank second),
 Δbpb on validation text, leakage between users and the content-swap control,
-storage and write time. `predictions.jsonl` in the output directory holds
+storage and write time. `predictions.jsonl` in the output directory contains
 every decoded probe.
 """
 

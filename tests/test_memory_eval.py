@@ -51,7 +51,7 @@ def test_rank_summary_topk_and_median():
 def test_first_token_hit_but_answer_wrong():
   logits = np.zeros(8)
   logits[5] = 4.0  # token 5 is " T", the first token of " Tulsa"
-  record = scoring.score_probe(logits, 5, [" T", "ampa", "."], " Tulsa")
+  record = scoring.score_probe(scoring.gold_rank(logits, 5), [" T", "ampa", "."], " Tulsa")
   assert record["first_token_top1"]
   assert not record["exact_match"]
 
@@ -163,7 +163,7 @@ def test_bootstrap_normal_mean_matches_theory():
 
 
 def test_grouped_bootstrap_resamples_users():
-  # Two users with constant values 0 and 1: a resample holds 0, 1 or 2 copies of user 1.
+  # Two users with constant values 0 and 1: a resample contains 0, 1 or 2 copies of user 1.
   low, high = stats.bootstrap_grouped([[0.0] * 5, [1.0] * 5], resamples=2000)
   assert (low, high) == (0.0, 1.0)
 

@@ -18,7 +18,7 @@ from engram_jax.users import fact_prompts, generate_users, persona_documents
 
 VOCAB = 1024
 # One settings object for every single-user run, so they share a compiled program.
-SETTINGS = joint_opt.JointOptSettings(max_steps=200)
+SETTINGS = joint_opt.JointOptSettings(max_steps=200, patience=3)
 
 
 def _tiny_config(layer_ids=(1, 2)):
@@ -69,14 +69,35 @@ def _greedy_correct(env, examples, override_map) -> np.ndarray:
       logits, jnp.asarray(batch.answer_ids_NA), jnp.asarray(batch.answer_mask_NA)))
 
 
+def _born_in_pair(env):
+  """Two facts whose prompts end in the same three tokens, so their trigger rows coincide."""
+  tokenizer, owner = env["tokenizer"], env["users"][0].uid
+  return [facts.FactExample(owner, key, tuple(tokenizer.encode(prompt, prepend_bos=True)),
+                            tuple(tokenizer.encode(answer)))
+          for key, prompt, answer in (("pair_a", "Willa was born in", " 1984"),
+                                      ("pair_b", "Emil was born in", " 1994"))]
+
+
 @pytest.fixture(scope="module")
 def joint(env):
-  """One Joint OPT run on six facts, with the model parameters from before it."""
-  examples = _distinct_trigger_examples(env, 0, 6)
+  """One Joint OPT run on six facts, with the model parameters from before it.
+
+  The facts avoid the rows of `_born_in_pair`, so the overlap test can add the
+  pair and reuse the compiled program.
+  """
+  pair_rows = _trigger(env, _born_in_pair(env)[0])
+  examples = [e for e in _distinct_trigger_examples(env, 0, 8)
+              if np.intersect1d(_trigger(env, e), pair_rows).size == 0][:6]
   before = jax.tree.map(np.array, nnx.state(env["model"]))
   result, stats = joint_opt.write_joint_opt(
       env["model"], examples, settings=SETTINGS, **_write_kwargs(env))
   return dict(examples=examples, before=before, map=result, stats=stats)
+
+
+@pytest.fixture(scope="module")
+def opt_result(env):
+  examples = _distinct_trigger_examples(env, 0, 3)
+  return examples, writers.write_opt(env["model"], examples, **_write_kwargs(env))
 
 
 def _trigger(env, example) -> np.ndarray:
@@ -159,8 +180,8 @@ def test_unembed_p_head_slices(env):
   slices = writers.unembed_p_slices(env["model"], env["layer"], [example.answer_ids[0]], scale=20.0)[0]
   trigger = facts.locate_rows(example, env["layout"], env["canonical_map"], env["layer"])[0]
   head = 5
-  np.testing.assert_array_equal(
-      written.values[np.searchsorted(written.rows, trigger[head])], slices[head])
+  np.testing.assert_allclose(
+      written.values[np.searchsorted(written.rows, trigger[head])], slices[head], rtol=1e-5)
 
 
 def test_random_is_deterministic(env):
@@ -184,18 +205,16 @@ def test_duplicate_rows_merged_by_mean(env):
   slices = writers.unembed_p_slices(env["model"], env["layer"], tokens, scale=20.0)
   trigger = facts.locate_rows(example, env["layout"], env["canonical_map"], env["layer"])[0]
   np.testing.assert_allclose(merged.values[np.searchsorted(merged.rows, trigger[0])],
-                             slices[:, 0].mean(axis=0), rtol=1e-6)
+                             slices[:, 0].mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
-def test_opt_recalls_its_facts(env):
-  examples = _distinct_trigger_examples(env, 0, 3)
-  written = writers.write_opt(env["model"], examples, **_write_kwargs(env))
+def test_opt_recalls_its_facts(env, opt_result):
+  examples, written = opt_result
   assert _greedy_correct(env, examples, written).all()
 
 
-def test_opt_writes_located_rows(env):
-  examples = _distinct_trigger_examples(env, 0, 3)
-  written = writers.write_opt(env["model"], examples, **_write_kwargs(env))
+def test_opt_writes_located_rows(env, opt_result):
+  examples, written = opt_result
   np.testing.assert_array_equal(written.rows, _located_union(env, examples))
 
 
@@ -205,7 +224,7 @@ def test_cached_prefix_equals_full_forward(env, joint):
   batch = forward.build_fact_batch(joint["examples"], env["layout"], env["canonical_map"])
   overrides = stack_overrides([joint["map"]] * len(joint["examples"]))
   cache = forward.compute_prefix(env["model"], batch, env["layer"])
-  cached = forward.answer_logits(env["model"], cache, overrides, env["layer"])
+  cached = forward.cached_answer_logits(env["model"], cache, overrides, env["layer"])
   full = forward.full_answer_logits(env["model"], batch, overrides, env["layer"])
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5)
 
@@ -219,7 +238,7 @@ def test_cached_prefix_with_backout_below_target(env):
   batch = forward.build_fact_batch(examples, layout, env["canonical_map"])
   cache = forward.compute_prefix(model, batch, 3)
   assert cache.kept_NTD is not None
-  np.testing.assert_allclose(np.asarray(forward.answer_logits(model, cache, None, 3)),
+  np.testing.assert_allclose(np.asarray(forward.cached_answer_logits(model, cache, None, 3)),
                              np.asarray(forward.full_answer_logits(model, batch, None, 3)), atol=1e-5)
 
 
@@ -246,43 +265,51 @@ def test_joint_opt_every_answer_token_argmax(env, joint):
   assert _greedy_correct(env, joint["examples"], joint["map"]).all()
 
 
-def test_joint_opt_overlapping_triggers(env):
-  tokenizer = env["tokenizer"]
-  owner = env["users"][0].uid
-  pair = [facts.FactExample(owner, key, tuple(tokenizer.encode(prompt, prepend_bos=True)),
-                            tuple(tokenizer.encode(answer)))
-          for key, prompt, answer in (("a", "Willa was born in", " 1984"),
-                                      ("b", "Emil was born in", " 1994"))]
-  triggers = [_trigger(env, e) for e in pair]
-  np.testing.assert_array_equal(triggers[0], triggers[1])  # precondition: same address
-  others = [e for e in _distinct_trigger_examples(env, 0, 6)
-            if np.intersect1d(_trigger(env, e), triggers[0]).size == 0][:3]
-  examples = pair + others
+def test_joint_opt_overlapping_triggers(env, joint):
+  pair = _born_in_pair(env)
+  np.testing.assert_array_equal(_trigger(env, pair[0]), _trigger(env, pair[1]))  # precondition
+  examples = pair + joint["examples"]
   table = np.array(env["model"].blocks[env["layer"]].engram.table[...])
   result, _ = joint_opt.write_joint_opt(env["model"], examples, settings=SETTINGS,
                                         **_write_kwargs(env))
   np.testing.assert_array_equal(result.rows, _located_union(env, examples))
-  assert _greedy_correct(env, examples[2:], result).all()
+  assert _greedy_correct(env, joint["examples"], result).all()
   np.testing.assert_array_equal(np.asarray(env["model"].blocks[env["layer"]].engram.table[...]), table)
 
 
-def test_multi_trigger_rows_for_every_phrasing(env):
+@pytest.fixture(scope="module")
+def users_run(env, joint):
+  """Two users trained together and each alone: multi-trigger examples, and the six facts."""
   prompts = [p for p in fact_prompts(env["users"][1]) if len(p.phrasings) > 1][:2]
-  examples = facts.encode_facts(prompts, env["tokenizer"], multi_trigger=True)
-  assert len(examples) == sum(len(p.phrasings) for p in prompts)
-  result, _ = joint_opt.write_joint_opt(env["model"], examples, settings=SETTINGS,
-                                        **_write_kwargs(env))
-  for example in examples:
-    trigger = facts.locate_rows(example, env["layout"], env["canonical_map"], env["layer"])[0]
-    assert np.isin(trigger, result.rows).all()
-
-
-def test_users_at_once_equal_each_alone(env):
-  users = [_distinct_trigger_examples(env, 0, 4), _distinct_trigger_examples(env, 1, 6)]
+  multi = facts.encode_facts(prompts, env["tokenizer"], multi_trigger=True)
+  users = [multi, joint["examples"]]
   together = joint_opt.write_joint_opt_users(env["model"], users, settings=SETTINGS,
                                              **_write_kwargs(env))
   alone = joint_opt.write_joint_opt_users(env["model"], users, settings=SETTINGS, batched=False,
                                           **_write_kwargs(env))
-  for (map_together, _), (map_alone, _) in zip(together, alone):
+  return dict(prompts=prompts, users=users, together=together, alone=alone)
+
+
+def test_multi_trigger_example_per_phrasing(users_run):
+  assert len(users_run["users"][0]) == sum(len(p.phrasings) for p in users_run["prompts"])
+
+
+def test_multi_trigger_rows_for_every_phrasing(env, users_run):
+  written, _ = users_run["alone"][0]
+  for example in users_run["users"][0]:
+    assert np.isin(_trigger(env, example), written.rows).all()
+
+
+def test_users_at_once_same_rows(users_run):
+  for (map_together, _), (map_alone, _) in zip(users_run["together"], users_run["alone"]):
     np.testing.assert_array_equal(map_together.rows, map_alone.rows)
+
+
+def test_users_at_once_same_values(users_run):
+  for (map_together, _), (map_alone, _) in zip(users_run["together"], users_run["alone"]):
     np.testing.assert_allclose(map_together.values, map_alone.values, rtol=1e-3, atol=1e-3)
+
+
+def test_users_at_once_same_steps(users_run):
+  steps_together = [stats.steps for _, stats in users_run["together"]]
+  assert steps_together == [stats.steps for _, stats in users_run["alone"]]

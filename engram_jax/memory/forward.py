@@ -164,12 +164,37 @@ def answer_logits(model: GPT, cache_B: PrefixCache, overrides: RowOverrides | No
   return model.logits(x_BAD, kept_BAD)
 
 
+def _cached_answer_logits(graphdef, state, cache_B, overrides, layer):
+  return answer_logits(nnx.merge(graphdef, state), cache_B, overrides, layer)
+
+
+_cached_answer_logits_jit = jax.jit(_cached_answer_logits, static_argnums=(0, 4))
+
+
+def cached_answer_logits(model: GPT, cache_B: PrefixCache, overrides: RowOverrides | None,
+                         layer: int) -> jax.Array:
+  """`answer_logits` compiled, for calls outside a jitted program."""
+  graphdef, state = nnx.split(model)
+  return _cached_answer_logits_jit(graphdef, state, cache_B, overrides, layer)
+
+
+def _full_answer_logits(graphdef, state, ids_BT, rows_LBTG, answer_pos_BA, overrides, layer):
+  model = nnx.merge(graphdef, state)
+  logits_BTV = model(ids_BT, rows_LBTG, overrides=None if overrides is None else {layer: overrides})
+  return _at_positions(logits_BTV, answer_pos_BA)
+
+
+_full_answer_logits_jit = jax.jit(_full_answer_logits, static_argnums=(0, 6))
+
+
 def full_answer_logits(model: GPT, batch: FactBatch, overrides: RowOverrides | None,
                        layer: int) -> jax.Array:
-  """The whole forward pass (no cache), logits [B, A, V] at answer positions; for checks."""
-  logits_BTV = model(jnp.asarray(batch.ids_NT), jnp.asarray(batch.rows_LNTG),
-                     overrides=None if overrides is None else {layer: overrides})
-  return _at_positions(logits_BTV, jnp.asarray(batch.answer_pos_NA))
+  """The whole forward pass (no cache), logits [B, A, V] at answer positions."""
+  check_length(model, batch.ids_NT.shape[1])
+  graphdef, state = nnx.split(model)
+  return _full_answer_logits_jit(
+      graphdef, state, jnp.asarray(batch.ids_NT), jnp.asarray(batch.rows_LNTG),
+      jnp.asarray(batch.answer_pos_NA), overrides, layer)
 
 
 def answer_nll(logits_BAV: jax.Array, answer_ids_BA: jax.Array) -> jax.Array:

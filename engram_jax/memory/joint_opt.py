@@ -122,8 +122,8 @@ def _shapes(examples_per_user, settings) -> dict[str, int]:
 
 
 def _row_slots(num_rows: int) -> int:
-  """Managed-row slots: the next power of two, at least 64, to limit recompiles."""
-  return max(64, 1 << (max(num_rows, 1) - 1).bit_length())
+  """Managed-row slots: the next power of two, at least 1024, so small users share one program."""
+  return max(1024, 1 << (max(num_rows, 1) - 1).bit_length())
 
 
 def _prepare(model, examples, layout, canonical_map, layer, continuation_heads, settings,

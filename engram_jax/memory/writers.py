@@ -241,7 +241,7 @@ _opt_chunk_jit = jax.jit(_opt_chunk, static_argnums=(0, 6, 7))
 
 def _run_opt(model, cache, rows_NK, init_NKW, example_mask_N, settings, layer) -> np.ndarray:
   graphdef, state = nnx.split(model)
-  B = settings.batch_size
+  B = min(settings.batch_size, rows_NK.shape[0])
   results = []
   for start in range(0, rows_NK.shape[0], B):
     index_B = np.arange(start, start + B) % rows_NK.shape[0]  # the last chunk wraps around
