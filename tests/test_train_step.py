@@ -183,3 +183,14 @@ def test_uncommitted_save_is_ignored(tmp_path):
   os.makedirs(tmp_path / "2.orbax-checkpoint-tmp-1234" / "state")
   step, _, _ = _restore_and_step(cfg, str(tmp_path), devices=jax.devices()[:1])
   assert step == 1
+
+
+def test_corrupt_checkpoint_reported(tmp_path):
+  cfg = _config(data=1)
+  _save_after_steps(cfg, str(tmp_path), steps=1)
+  # Overwrite the array data and its index, as a failing disk would.
+  for path in (tmp_path / "1" / "state").rglob("*"):
+    if path.is_file() and (path.parent.name == "d" or path.name == "manifest.ocdbt"):
+      path.write_bytes(b"garbage")
+  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="corrupt"):
+    _restore_and_step(cfg, str(tmp_path), devices=jax.devices()[:1])
