@@ -28,7 +28,7 @@ def has_value_embed(layer: int, depth: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ShardingContext:
-  """Where the Engram tables live: the mesh and its axis names (None = one device)."""
+  """Placement of the Engram tables: the mesh and its axis names (mesh None = one device)."""
   mesh: jax.sharding.Mesh | None = None
   table_axis: str = "table"
   batch_axes: tuple[str, ...] | None = None

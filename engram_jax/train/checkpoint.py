@@ -24,7 +24,7 @@ FORMAT = "engram-jax-checkpoint/1"
 
 
 class IncompatibleCheckpointError(ValueError):
-  """The workdir holds a checkpoint from another model or tokenizer."""
+  """The workdir contains a checkpoint from another model or tokenizer."""
 
 
 def make_manager(directory: str, *, save_every: int, max_to_keep: int,
@@ -64,7 +64,7 @@ def check_compatible(saved_meta: dict, meta: dict, directory) -> None:
   """Raise IncompatibleCheckpointError naming the first differing field."""
   if saved_meta.get("format") != FORMAT:
     raise IncompatibleCheckpointError(
-        f"{directory} holds a checkpoint of format {saved_meta.get('format')!r}, expected "
+        f"{directory} contains a checkpoint of format {saved_meta.get('format')!r}, expected "
         f"{FORMAT!r}; use a new --workdir.")
   if saved_meta.get("tokenizer_fingerprint") != meta["tokenizer_fingerprint"]:
     raise IncompatibleCheckpointError(
@@ -75,7 +75,7 @@ def check_compatible(saved_meta: dict, meta: dict, directory) -> None:
     for key in sorted(set(saved) | set(current)):
       if saved.get(key) != current.get(key):
         raise IncompatibleCheckpointError(
-            f"{directory} holds a checkpoint with {section}.{key}={saved.get(key)!r}, but the config "
+            f"{directory} contains a checkpoint with {section}.{key}={saved.get(key)!r}, but the config "
             f"sets {current.get(key)!r}; use a new --workdir, or restore the original config.")
 
 

@@ -148,8 +148,8 @@ def _run_steps(cfg, geometry, state, start_step, step_fn, data_iter, batch_shard
     batch = pipeline.to_global(next(data_iter), mesh, mesh_lib.BATCH_AXES)
     state, step_metrics = step_fn(state, batch)
     done = step + 1
-    # Read the previous step's metrics only now, so the host never waits on
-    # the step it just dispatched.
+    # Read the previous step's metrics only now, so the host waits for the
+    # step before, not for the one it just dispatched.
     progress.check_pending()
     progress.pending = (done, step_metrics)
     if done % cfg.train.eval_every == 0 or done == total:
