@@ -197,4 +197,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"engram.max_ngram={e.max_ngram} must be at least 2.")
   if e.table_shards < 1:
     raise ValueError(f"engram.table_shards={e.table_shards} must be at least 1.")
+  table_axis = cfg.get("mesh", {}).get("table", 1)
+  if table_axis > 1 and e.table_shards % table_axis:
+    raise ValueError(
+        f"mesh.table={table_axis} shards the Engram rows, but engram.table_shards={e.table_shards} "
+        f"does not pad the tables to a multiple of it; set --config.engram.table_shards={table_axis}.")
   row_width(e)

@@ -36,6 +36,13 @@ def describe(cfg) -> dict:
           "sequence_len": m.sequence_len,
       },
       "params": counts,
+      "train": {
+          "num_iterations": int(cfg.train.num_iterations),
+          "tokens_per_step": int(cfg.train.total_batch_tokens),
+          "tokens": int(cfg.train.num_iterations) * int(cfg.train.total_batch_tokens),
+          "tokens_per_scaling_param": (int(cfg.train.num_iterations) * int(cfg.train.total_batch_tokens)
+                                       / counts["scaling"]),
+      },
       "engram": {"enabled": bool(cfg.engram.enabled), "layers": []},
   }
   if layout is not None:
@@ -77,6 +84,9 @@ def format_report(report: dict) -> str:
       ("scaling (matrices + lm_head)", p["scaling"]),
   ]
   lines += [f"  {name:<30}{value:>16,}" for name, value in rows]
+  t = report["train"]
+  lines.append(f"training: {t['num_iterations']:,} steps of {t['tokens_per_step']:,} tokens = "
+               f"{t['tokens'] / 1e9:.3f} B tokens ({t['tokens_per_scaling_param']:.1f} per scaling param)")
   engram = report["engram"]
   if not engram["enabled"]:
     lines.append("Engram: off")

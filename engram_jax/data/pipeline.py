@@ -205,7 +205,7 @@ def train_dataset(data_dir: str | os.PathLike, *, seq_len: int, micro_batch_rows
   split = PackedSplit(data_dir, "train", seq_len, synthetic_bos=synthetic_bos)
   hasher = _make_hasher(canonical_map, layout, split, reset_at_bos)
   step_rows = micro_steps * micro_batch_rows
-  logging.info("[data] train: %d rows per epoch, %.2f optimiser steps of %d rows each",
+  logging.info("[data] train: %d rows per epoch, %.1f optimiser steps of %d rows each",
                split.num_rows, split.num_rows / step_rows, step_rows)
   steps = (grain.MapDataset.range(split.num_rows)
            .shuffle(seed=mixed_seed)

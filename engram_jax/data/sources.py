@@ -364,7 +364,11 @@ def expand_paths(paths: Sequence[PathLike]) -> list[pathlib.Path]:
   files = []
   for entry in map(pathlib.Path, paths):
     if entry.is_dir():
-      found = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES)
+      every_file = sorted(p for p in entry.rglob("*") if p.is_file())
+      found = [p for p in every_file if p.suffix in FILE_SUFFIXES]
+      if len(found) != len(every_file):
+        logging.info("[data] %s: skipping %d files whose suffix is not one of %s",
+                     entry, len(every_file) - len(found), FILE_SUFFIXES)
       if not found:
         raise ValueError(f"directory {entry} contains no {'/'.join(FILE_SUFFIXES)} files.")
       files.extend(found)

@@ -79,6 +79,16 @@ def check_compatible(saved_meta: dict, meta: dict, directory) -> None:
             f"sets {current.get(key)!r}; use a new --workdir, or restore the original config.")
 
 
+def _warn_schedule_change(saved_meta: dict, meta: dict) -> None:
+  saved = saved_meta["config"].get("train", {}).get("num_iterations")
+  current = meta["config"].get("train", {}).get("num_iterations")
+  if saved is not None and saved != current:
+    logging.warning(
+        "[ckpt] the checkpoint was trained for train.num_iterations=%s and this run sets %s; the "
+        "learning-rate schedule (warmup, warmdown) is recomputed for %s steps, so the rate jumps "
+        "at the resumed step.", saved, current, current)
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict, state_shardings: dict,
                    meta: dict):
   """Restore the newest committed step onto the given shardings.
@@ -91,6 +101,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict, state_s
     return None
   saved_meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   check_compatible(saved_meta, meta, manager.directory)
+  _warn_schedule_change(saved_meta, meta)
   target = jax.tree.map(
       lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
       abstract_state, state_shardings)

@@ -55,7 +55,8 @@ def _log_start(cfg, geometry: Geometry, state: dict) -> None:
     logging.info("[start]   %-22s %15s", group, f"{size:,}")
   logging.info("[start] %d steps of %d tokens (%d micro-steps x %d rows x %d)", cfg.train.num_iterations,
                geometry.tokens_per_step, geometry.micro_steps, geometry.micro_rows, geometry.seq_len)
-  logging.info("[start] learning rates: %s", optimizer.group_learning_rates(cfg))
+  rates = ", ".join(f"{g} {lr:.4g}" for g, lr in optimizer.group_learning_rates(cfg).items())
+  logging.info("[start] peak learning rates: %s", rates)
 
 
 class _Evaluator:
@@ -108,13 +109,19 @@ def _restore_or_init(cfg, inputs: RunInputs, mesh, manager, meta):
 def train(cfg, workdir: str) -> dict:
   """Pretrain `cfg` in `workdir`; return the last logged metrics."""
   config_lib.validate(cfg)
-  inputs = prepare_inputs(cfg, workdir)
+  # Mesh and batch shape are checked before any data is prepared.
   mesh = mesh_lib.make_mesh(cfg.mesh)
   geometry = batch_geometry(cfg, mesh)
+  inputs = prepare_inputs(cfg, workdir)
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
                                   save_every=cfg.train.checkpoint_every, max_to_keep=cfg.train.max_to_keep)
   meta = ckpt_lib.build_meta(cfg, tokenizer_fingerprint=inputs.tokenizer.fingerprint, layout=inputs.layout)
   state, setup, start_step, data_state = _restore_or_init(cfg, inputs, mesh, manager, meta)
+  if start_step >= cfg.train.num_iterations:
+    logging.info("[done] %s already contains step %d of %d; nothing to train. Raise "
+                 "--config.train.num_iterations to train further.", workdir, start_step,
+                 cfg.train.num_iterations)
+    return {}
   _log_start(cfg, geometry, state)
 
   dataset = pipeline.train_dataset(
