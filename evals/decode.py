@@ -23,7 +23,7 @@ from flax import nnx
 
 from engram_jax import hashing
 from engram_jax.memory.composition import stack_overrides
-from engram_jax.memory.maps import OverrideMap
+from engram_jax.memory.maps import SLOT_MULTIPLE, OverrideMap
 from engram_jax.model.overrides import RowOverrides
 from engram_jax.train.pretrained import Pretrained
 
@@ -131,9 +131,10 @@ def _row_nats(state, inputs_BT, targets_BT, rows_LBTG, byte_lengths_V, overrides
   return jnp.sum(jnp.where(counted_BT, nll_BT, 0.0), axis=1), jnp.sum(bytes_BT, axis=1)
 
 
-def _padded_slots(maps: Sequence[OverrideMap | None]) -> int:
+def padded_slots(maps: Sequence[OverrideMap | None]) -> int:
+  """Return override slots for `maps`: the most rows, rounded up to a multiple of SLOT_MULTIPLE."""
   largest = max([0] + [m.num_rows for m in maps if m is not None])
-  return max(BUFFER_MULTIPLE, -(-largest // BUFFER_MULTIPLE) * BUFFER_MULTIPLE)
+  return max(SLOT_MULTIPLE, -(-largest // SLOT_MULTIPLE) * SLOT_MULTIPLE)
 
 
 def _buffer(runner: ModelRunner, prompts: Sequence[Sequence[int]], extra: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +173,7 @@ def decode_greedy(runner: ModelRunner, prompts: Sequence[Sequence[int]],
   if min(num_tokens, default=1) < 1 or max(num_tokens, default=1) > steps:
     raise ValueError(f"Token counts must lie in [1, steps={steps}]; got {min(num_tokens)} to "
                      f"{max(num_tokens)}. Raise steps.")
-  slots = _padded_slots(maps) if slots is None else slots
+  slots = padded_slots(maps) if slots is None else slots
   ids_NT, lengths_N = _buffer(runner, prompts, steps)
   gold_N = np.asarray(gold_first_ids, np.int32)
   ranks, tokens = [], []
@@ -194,7 +195,7 @@ def offtrigger_residual_change(runner: ModelRunner, prompts: Sequence[Sequence[i
                                maps: Sequence[OverrideMap | None], *, batch_size: int = 32,
                                slots: int | None = None) -> np.ndarray:
   """Largest final-residual change per prompt at positions before its trigger, float [N]."""
-  slots = _padded_slots(maps) if slots is None else slots
+  slots = padded_slots(maps) if slots is None else slots
   ids_NT, lengths_N = _buffer(runner, prompts, 0)
   out = []
   for index, real in _batches(len(prompts), batch_size):

@@ -13,7 +13,7 @@ Shape letters: B batch rows, T sequence, L Engram layers, G hash heads.
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -125,6 +125,3 @@ def map_locality(runner: ModelRunner, val: ValidationSet, maps: Mapping[str, Ove
     values["delta_bpb"] = values.pop("delta_nats") / (math.log(2.0) * val.total_bytes)
   return out
 
-
-def summarize_rerun(results: Sequence[dict]) -> int:
-  return int(sum(r["rows_rerun"] for r in results))

@@ -25,7 +25,7 @@ from engram_jax.train.pretrained import Pretrained
 from engram_jax.users import User
 
 from evals import recall, report as report_lib
-from evals.decode import BUFFER_MULTIPLE, ModelRunner, offtrigger_residual_change
+from evals.decode import ModelRunner, offtrigger_residual_change, padded_slots
 from evals.locality import ValidationSet, compute_base, load_validation, map_locality
 
 BASE_STRATEGY = "none"  # the bare model, evaluated once as a reference row
@@ -42,11 +42,15 @@ DEFINITIONS = {
                     "and not B's own",
     "leakage.rate_beyond_bare_model": "leaks whose prompt the bare model does not already answer "
                                       "with the other user's answer, over all checks",
+    "leakage.rate_beyond_alone": "leaks that vanish when the prompt is decoded without other "
+                                 "users in its batch (leaks caused by sharing a batch), over all "
+                                 "checks",
     "leakage.swap_control_rate": "a user's prompts with the next user's map: share of outputs "
                                  "stating the map owner's answer and not the prompt owner's",
     "locality.delta_bpb": "validation bpb with the map minus without it, per user map",
     "storage.bytes_per_fact": "rows * (row width * value bytes + 4) / facts",
-    "write.seconds_per_fact": "wall-clock writing seconds / facts",
+    "write.seconds_per_fact": "wall-clock writing seconds / facts; Joint OPT trains all users in "
+                              "one program, so each user is charged the shared seconds per fact",
 }
 
 
@@ -86,16 +90,15 @@ def _maps_digest(maps: Mapping[str, OverrideMap | None]) -> str:
 
 
 def _slots(runs: Mapping[str, Mapping[int, Mapping[str, OverrideMap | None]]]) -> int:
-  largest = max([0] + [m.num_rows for seeds in runs.values() for maps in seeds.values()
-                       for m in maps.values() if m is not None])
-  return max(BUFFER_MULTIPLE, -(-largest // BUFFER_MULTIPLE) * BUFFER_MULTIPLE)
+  """Return one slot count for every run, so all batches share compiled shapes."""
+  return padded_slots([m for seeds in runs.values() for maps in seeds.values() for m in maps.values()])
 
 
 class _Evaluator:
   """Evaluates one (strategy, seed) set of maps with shared shapes and validation rows."""
 
-  def __init__(self, runner, users, facts, val, settings, slots, steps):
-    self.runner, self.users, self.facts, self.val = runner, users, facts, val
+  def __init__(self, runner, facts, val, settings, slots, steps):
+    self.runner, self.facts, self.val = runner, facts, val
     self.settings, self.slots, self.steps = settings, slots, steps
     self._done: dict[str, dict] = {}
     self.bare_outputs: dict[tuple[str, str], str] | None = None
@@ -123,11 +126,24 @@ class _Evaluator:
     seen = [r for r in records if r["split"] == "seen"]
     if all(m is None for m in maps.values()):
       self.bare_outputs = {(r["uid"], r["prompt"]): r["output"] for r in seen}
-    checks = recall.leak_checks(seen, self.facts, self.bare_outputs)
+    checks = self._leak_checks(seen, probes["seen"], maps)
     users = self._map_numbers(maps, probes["seen"])
     logging.info("[eval] %s seed %d: %d probes, %d leak checks in %.1fs", strategy, seed,
                  len(records), len(checks), time.perf_counter() - start)
     return {"probes": records, "leak_checks": checks, "users": users}
+
+  def _leak_checks(self, seen_records, seen_probes, maps) -> list[dict]:
+    """Leak checks with the bare-model control and, for leaking prompts, the decoded-alone control."""
+    controls = {} if self.bare_outputs is None else {"bare": self.bare_outputs}
+    checks = recall.leak_checks(seen_records, self.facts, controls)
+    leaking = {(c["uid"], c["key"]) for c in checks if c["leak"]}
+    if not leaking:
+      return checks
+    # Only leaking prompts are decoded again, each without other users in its batch.
+    again = [p for p in seen_probes if (p.uid, p.key) in leaking]
+    controls["alone"] = recall.alone_outputs(self.runner, again, maps, steps=self.steps,
+                                             batch_size=self.settings.batch_size, slots=self.slots)
+    return recall.leak_checks(seen_records, self.facts, controls)
 
   def _map_numbers(self, maps, seen_probes) -> dict[str, dict]:
     present = {uid: m for uid, m in maps.items() if m is not None}
@@ -170,8 +186,12 @@ def evaluate_memory(pre: Pretrained, users: Sequence[User],
   runs = {name: dict(seeds) for name, seeds in runs.items()}
   if settings.include_base:
     runs = {BASE_STRATEGY: {0: {u.uid: None for u in users}}, **runs}
+  uids = {u.uid for u in users}
   for name, seeds in runs.items():
     for seed, maps in seeds.items():
+      if set(maps) != uids:
+        raise ValueError(f"Run {name}/seed{seed} has maps for {sorted(maps)}, but the users are "
+                         f"{sorted(uids)}; pass one map (or None) per user.")
       _check_maps(runner, maps, f"{name}/seed{seed}")
   facts = recall.user_fact_prompts(users)
   slots = _slots(runs)
@@ -179,7 +199,7 @@ def evaluate_memory(pre: Pretrained, users: Sequence[User],
   compute_base(runner, val, slots)
   logging.info("[eval] base bpb %.4f on %d tokens in %.1fs", val.base_bpb, val.tokens,
                time.perf_counter() - start)
-  evaluator = _Evaluator(runner, users, facts, val, settings, slots, recall.decode_steps(pre.tokenizer, facts))
+  evaluator = _Evaluator(runner, facts, val, settings, slots, recall.decode_steps(pre.tokenizer, facts))
   strategies, all_seeds, seed_results = {}, set(), {}
   for name, seeds in runs.items():
     results = [evaluator.run(name, seed, seeds[seed]) for seed in sorted(seeds)]

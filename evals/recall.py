@@ -15,9 +15,10 @@ Leakage is measured on the seen batches. Their sequences are ordered by fact
 key, so one forward pass carries several users' prompts, each sequence with
 its own user's map. For each prompt of user B and each other user A whose map
 sat in the same forward pass, with the same key and a different answer, a leak
-is an output that states A's answer and not B's own. A leak that the bare
-model's output for the same prompt also shows is a coincidence of the model's
-prior; checks record it as `bare_leak` when the bare model was evaluated.
+is an output that states A's answer and not B's own. Leaks are checked again
+against controls (see `leak_checks`): the bare model's output and the
+prompt decoded alone, because small value pools make a wrong answer often equal
+another user's.
 """
 
 import dataclasses
@@ -135,12 +136,15 @@ def run_probes(runner: ModelRunner, probes: Sequence[Probe], maps: Mapping[str, 
 
 
 def leak_checks(seen_records: Sequence[dict], facts: Mapping[str, Mapping[str, FactPrompt]],
-                bare_outputs: Mapping[tuple[str, str], str] | None = None) -> list[dict]:
+                controls: Mapping[str, Mapping[tuple[str, str], str]] | None = None) -> list[dict]:
   """Check every seen output against co-resident users' answers; one record per check.
 
-  With `bare_outputs` ((uid, prompt) -> the bare model's output), each check
-  also records `bare_leak`: whether the bare model's output already passes the
-  leak test, so a leak is a coincidence of the model's prior, not the memory.
+  `controls` maps a name to other outputs of the same prompts, keyed by (uid,
+  prompt): "bare" for the bare model, "alone" for the prompt decoded without
+  other users in its batch. Each check records `<name>_leak`, whether that
+  output passes the leak test too. A leak that the bare model shares comes from
+  the model's prior. A leak that the alone output shares is the user's own map
+  giving a wrong answer that another user happens to have.
   """
   by_batch: dict[int, set[str]] = {}
   for r in seen_records:
@@ -156,11 +160,22 @@ def leak_checks(seen_records: Sequence[dict], facts: Mapping[str, Mapping[str, F
         continue
       check = {"uid": r["uid"], "other": other, "key": r["key"], "output": r["output"],
                "leak": scoring.is_leak(r["output"], other_fact.gold, r["gold"])}
-      bare = None if bare_outputs is None else bare_outputs.get((r["uid"], r["prompt"]))
-      if bare is not None:
-        check["bare_leak"] = scoring.is_leak(bare, other_fact.gold, r["gold"])
+      for name, outputs in (controls or {}).items():
+        output = outputs.get((r["uid"], r["prompt"]))
+        if output is not None:
+          check[f"{name}_leak"] = scoring.is_leak(output, other_fact.gold, r["gold"])
       checks.append(check)
   return checks
+
+
+def alone_outputs(runner: ModelRunner, probes: Sequence[Probe], maps: Mapping[str, OverrideMap | None],
+                  *, steps: int, batch_size: int, slots: int) -> dict[tuple[str, str], str]:
+  """Decode each probe in a batch without other users' sequences; (uid, prompt) -> output."""
+  outputs = {}
+  for probe in probes:
+    record = run_probes(runner, [probe], maps, steps=steps, batch_size=batch_size, slots=slots)[0]
+    outputs[(probe.uid, probe.prompt)] = record["output"]
+  return outputs
 
 
 def probe_tokens(tokenizer, probe: Probe) -> int:

@@ -79,6 +79,8 @@ def aggregate_strategy(seed_results: Sequence[dict]) -> dict:
           "rate_beyond_bare_model": stats.proportion_summary(_group(
               checks, lambda c: c["uid"],
               lambda c: None if "bare_leak" not in c else c["leak"] and not c["bare_leak"])),
+          "rate_beyond_alone": stats.proportion_summary(_group(
+              checks, lambda c: c["uid"], lambda c: c["leak"] and not c.get("alone_leak", False))),
           "swap_control_rate": stats.proportion_summary(
               _group(swaps, lambda p: p["uid"], lambda p: p["swap_hit"])),
           "swap_control_own_exact_match": stats.proportion_summary(
@@ -130,6 +132,7 @@ TABLE_COLUMNS = (
     ("held-out top-1*", lambda s: _cell(s["recall"]["heldout"]["first_token_top1"], 2)),
     ("Δbpb", lambda s: _sci(s["locality"]["delta_bpb"])),
     ("leak", lambda s: _cell(s["leakage"]["rate"], 3)),
+    ("leak beyond alone", lambda s: _cell(s["leakage"]["rate_beyond_alone"], 3)),
     ("swap control", lambda s: _cell(s["leakage"]["swap_control_rate"], 2)),
     ("bytes/fact", lambda s: _cell(s["storage"]["bytes_per_fact"], 0)),
     ("s/fact", lambda s: _cell(s["write"]["seconds_per_fact"], 3)),

@@ -40,7 +40,7 @@ def ranks_from_logits(logits_BV: np.ndarray, gold_B: np.ndarray) -> np.ndarray:
 
 
 def top_k_hit(rank: int, k: int) -> bool:
-  return rank < k
+  return bool(rank < k)
 
 
 def rank_summary(ranks: Sequence[int]) -> dict:
@@ -98,8 +98,9 @@ def score_probe(rank: int, pieces: Sequence[str], gold: str) -> dict:
   Returns first-token top-k hits (secondary), full-answer exact match
   (primary), word-boundary containment and the output text.
   """
+  rank = int(rank)  # a numpy integer would make numpy booleans, which JSON cannot encode
   output = "".join(pieces)
   record = {f"first_token_top{k}": top_k_hit(rank, k) for k in TOP_KS}
-  record.update(rank=int(rank), exact_match=states_answer(pieces, gold),
+  record.update(rank=rank, exact_match=states_answer(pieces, gold),
                 answer_contains=answer_matches(output, gold), output=output)
   return record

@@ -9,6 +9,9 @@ Stages, each logged with its elapsed time:
    is reused without training; a partial run resumes.
 2. users: --users (files in the reference format) or --num_users synthetic
    users, written to <workdir>/quickstart/users.
+
+The users/ and maps/ folders under <workdir>/quickstart are emptied at the
+start of every run, so they only contain this run's users and maps.
 3. memory maps per strategy and seed (as launch.write_memory writes them), in
    <workdir>/quickstart/maps.
 4. evaluation (as launch.eval_memory runs it): report.json, report.md,
@@ -17,6 +20,7 @@ Stages, each logged with its elapsed time:
 
 import os
 import pathlib
+import shutil
 import time
 
 from absl import app, flags, logging
@@ -92,7 +96,10 @@ def apply_step_budget(cfg, steps: int | None) -> None:
 def prepare_users(out_dir: pathlib.Path, users_path: str | None, num_users: int, seed: int):
   """Load --users, or generate synthetic users; write them to `out_dir` either way."""
   from engram_jax.users import generate_users, load_users, save_user  # pylint: disable=g-import-not-at-top
+  # Users are read before `out_dir` is emptied, so --users may point at it.
   users = load_users(users_path) if users_path else generate_users(num_users, seed)
+  if out_dir.exists():
+    shutil.rmtree(out_dir)
   for user in users:
     save_user(user, out_dir / f"{user.uid}.json")
   logging.info("[quickstart] %d users: %s", len(users), ", ".join(u.uid for u in users))
@@ -118,6 +125,8 @@ def main(argv):
                      _USER_SEED.value)
   pre = stages.run("load", load_pretrained, workdir)
   joint = map_store.joint_settings(_JOINT_MAX_STEPS.value)
+  if (out / "maps").exists():
+    shutil.rmtree(out / "maps")
   runs = stages.run("write", map_store.write_maps, pre, users, strategies=_STRATEGIES.value,
                     seeds=seeds, maps_dir=out / "maps", joint_settings=joint, overwrite=True)
   report = stages.run("eval", memory_eval.run_evaluation, pre, users, runs, out_dir=out,

@@ -1,6 +1,6 @@
 """Write per-user memory maps from a pretrained checkpoint.
 
-  python -m launch.write_memory --workdir=runs/tiny --users=/path/to/users \
+  python -m launch.write_memory --workdir=runs/tiny --users=/path/to/users \\
       [--maps_dir=runs/tiny/memory] [--strategies=joint_opt,unembed_p,random] [--seeds=0,1,2]
 
 Each user gets one safetensors file per strategy and seed, at

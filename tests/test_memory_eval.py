@@ -112,7 +112,7 @@ def _fact(uid: str, key: str, answer: str) -> FactPrompt:
 
 def _seen(uid: str, key: str, gold: str, output: str, batch: int) -> dict:
   return {"uid": uid, "map_owner": uid, "key": key, "gold": gold, "output": output,
-          "batch": batch}
+          "batch": batch, "prompt": f"My {key} is"}
 
 
 def test_leak_checks_count_coresident_users_only():
@@ -128,6 +128,14 @@ def test_leak_checks_skip_shared_answers():
   facts = {"a": {"city": _fact("a", "city", "Tulsa")}, "b": {"city": _fact("b", "city", "Tulsa")}}
   records = [_seen("a", "city", " Tulsa", " Tulsa", 0), _seen("b", "city", " Tulsa", " Tulsa", 0)]
   assert recall.leak_checks(records, facts) == []
+
+
+def test_leak_checks_record_controls():
+  facts = {"a": {"city": _fact("a", "city", "Tulsa")}, "b": {"city": _fact("b", "city", "Boise")}}
+  records = [_seen("a", "city", " Tulsa", " Boise", 0), _seen("b", "city", " Boise", " Boise", 0)]
+  controls = {"bare": {("a", "My city is"): " Reno"}, "alone": {("a", "My city is"): " Boise"}}
+  check = recall.leak_checks(records, facts, controls)[0]
+  assert (check["leak"], check["bare_leak"], check["alone_leak"]) == (True, False, True)
 
 
 def test_swap_hit_follows_map_content():
@@ -327,3 +335,10 @@ def test_mixed_batch_equals_alone(pretrained, evaluated):
   record = recall.run_probes(runner, alone, maps, steps=results["hand"][0]["steps"], batch_size=1,
                              slots=results["hand"][0]["slots"])[0]
   assert (record["output"], record["rank"]) == (probe["output"], probe["rank"])
+
+
+def test_run_missing_user_rejected(pretrained):
+  pre, val = pretrained
+  users = generate_users(2, seed=5)
+  with pytest.raises(ValueError, match="has maps for"):
+    memory_eval.evaluate_memory(pre, users, {"hand": {0: {users[0].uid: None}}}, val)

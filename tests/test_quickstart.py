@@ -81,3 +81,33 @@ def test_one_map_file_per_user_strategy_seed(quickstart):
   files = sorted(p.relative_to(quickstart / "maps").as_posix()
                  for p in (quickstart / "maps").rglob("*.safetensors"))
   assert files == sorted(f"{s}/seed0/{u}.safetensors" for s in STRATEGIES for u in ("s0000", "s0001"))
+
+
+@pytest.fixture(scope="module")
+def commands(quickstart, tmp_path_factory):
+  """write_memory then eval_memory on the quickstart's checkpoint and users."""
+  out = tmp_path_factory.mktemp("commands")
+  workdir, users = quickstart.parent, quickstart / "users"
+  write = [sys.executable, "-m", "launch.write_memory", f"--workdir={workdir}", f"--users={users}",
+           f"--maps_dir={out / 'maps'}", "--strategies=unembed_p", "--seeds=0,1"]
+  evaluate = [sys.executable, "-m", "launch.eval_memory", f"--workdir={workdir}", f"--users={users}",
+              f"--maps_dir={out / 'maps'}", f"--out_dir={out / 'eval'}", "--eval_tokens=2048",
+              "--skip_base"]
+  for command in (write, evaluate):
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+  return out, result.stdout
+
+
+def test_eval_command_prints_table(commands):
+  assert "| unembed_p |" in commands[1]
+
+
+def test_eval_command_covers_written_seeds(commands):
+  report = json.loads((commands[0] / "eval" / "report.json").read_text())
+  assert report["strategies"]["unembed_p"]["seeds"] == [0, 1]
+
+
+def test_eval_command_writes_predictions(commands):
+  lines = (commands[0] / "eval" / "predictions.jsonl").read_text().splitlines()
+  assert {json.loads(line)["strategy"] for line in lines} == {"unembed_p"}

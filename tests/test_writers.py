@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import tiny
 from engram_jax import hashing
-from engram_jax.memory import facts, forward, joint_opt, maps, writers
+from engram_jax.memory import facts, forward, joint_loop, joint_opt, maps, writers
 from engram_jax.memory.composition import stack_overrides
 from engram_jax.model import factory
 from engram_jax.tokenizer import build_canonical_map, train_bpe
@@ -313,3 +313,44 @@ def test_users_at_once_same_values(users_run):
 def test_users_at_once_same_steps(users_run):
   steps_together = [stats.steps for _, stats in users_run["together"]]
   assert steps_together == [stats.steps for _, stats in users_run["alone"]]
+
+
+# Settings, sampling and bad input.
+
+def test_reference_schedule_settings():
+  effective = joint_opt.JointOptSettings(reference_schedule=True, max_steps=1500).effective()
+  assert (effective.batch_size, effective.sampling) == (1, "replacement")
+  assert (effective.learning_rate, effective.schedule, effective.warmup_steps) == (0.5, "constant", 0)
+  assert not effective.early_stop
+  assert effective.max_steps == 1500
+
+
+def test_epoch_sampling_covers_every_example():
+  key = jax.random.key(3)
+  drawn = [joint_loop.sample_batch(key, step, 7, 3, 4, 8, "epoch") for step in range(7)]
+  stream = np.concatenate([np.asarray(index)[np.asarray(valid)] for index, valid in drawn])
+  for epoch in range(3):
+    assert sorted(stream[epoch * 7:(epoch + 1) * 7].tolist()) == list(range(7))
+
+
+def test_epoch_sampling_ignores_padding():
+  key = jax.random.key(3)
+  small, _ = joint_loop.sample_batch(key, 5, 7, 3, 3, 8, "epoch")
+  large, _ = joint_loop.sample_batch(key, 5, 7, 3, 3, 40, "epoch")
+  np.testing.assert_array_equal(np.asarray(small), np.asarray(large))
+
+
+def test_invalid_settings_rejected():
+  with pytest.raises(ValueError, match="batch_size"):
+    joint_opt.JointOptSettings(batch_size=0)
+
+
+def test_mixed_owners_rejected(env):
+  examples = [_distinct_trigger_examples(env, 0, 1)[0], _distinct_trigger_examples(env, 1, 1)[0]]
+  with pytest.raises(ValueError, match="one map per user"):
+    joint_opt.write_joint_opt(env["model"], examples, settings=SETTINGS, **_write_kwargs(env))
+
+
+def test_no_examples_rejected(env):
+  with pytest.raises(ValueError, match="no fact examples"):
+    joint_opt.write_joint_opt(env["model"], [], settings=SETTINGS, **_write_kwargs(env))

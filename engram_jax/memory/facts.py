@@ -149,9 +149,9 @@ def locate_rows(example: FactExample, layout: HashLayout, canonical_map: Any, la
                 continuation_heads: Sequence[int] | None = None) -> np.ndarray:
   """Return the rows the fact writes in Engram block `layer`, int32 [P, G].
 
-  Row 0 holds the trigger position's G rows. Row p > 0 holds, for the heads in
-  `continuation_heads` (None: all), the rows at the position of answer token
-  p - 1, which predicts answer token p; other heads hold NO_ROW.
+  Row 0 contains the trigger position's G rows. Row p > 0 contains, for the
+  heads in `continuation_heads` (None: all), the rows at the position of
+  answer token p - 1, which predicts answer token p. Other heads contain NO_ROW.
   """
   heads = check_heads(continuation_heads, layout.heads)
   rows_TG = hash_example(example, layout, canonical_map)[layer_index(layout, layer)]

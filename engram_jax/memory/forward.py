@@ -1,13 +1,15 @@
 """Teacher-forced forward passes over fact examples, with the prefix computed once.
 
 Memory writers train values of one Engram layer (the target block) with the
-model frozen. The stream that enters the target block does not depend on those
-values, so `compute_prefix` runs blocks [0, target) once per example and keeps
-what `GPT.run_blocks` needs to resume: the stream leaving block target - 1
-(run_blocks applies the target block's resid/x0 mix itself), x0, the backout
-stream when the backout block lies below the target, the ids and every Engram
-layer's rows. `answer_logits` then runs blocks [target, L) and the logits, and
-only at the positions that predict answer tokens.
+model frozen. The stream that enters the target block does not depend on
+those values, so `compute_prefix` runs blocks [0, target) once per example.
+It keeps what `GPT.run_blocks` needs to resume there:
+* the stream leaving block target - 1 (run_blocks applies the target block's
+  resid/x0 mix itself),
+* x0, the ids and every Engram layer's rows,
+* the backout stream, when the backout block lies below the target.
+`answer_logits` then runs blocks [target, L) and computes the logits only at
+the positions that predict answer tokens.
 
 Shape letters: N examples, B batch of examples, T sequence, D width,
 V vocabulary, L Engram layers, G hash heads, A answer slots.
@@ -31,7 +33,7 @@ from engram_jax.model.overrides import RowOverrides
 class FactBatch(NamedTuple):
   """Examples padded to one shape, as numpy arrays.
 
-  Sequences are right-padded with their BOS id; causal attention, the causal
+  Sequences are right-padded with their BOS id. Causal attention, the causal
   conv and the n-gram hash keep padding from reaching real positions. Padded
   example slots repeat example 0 and have `example_mask_N` False.
   """
@@ -164,6 +166,35 @@ def answer_logits(model: GPT, cache_B: PrefixCache, overrides: RowOverrides | No
   return model.logits(x_BAD, kept_BAD)
 
 
+class SelectedLogits(NamedTuple):
+  """Logits at a fixed number K of selected (example, answer slot) pairs."""
+  logits_KV: jax.Array
+  example_K: jax.Array  # int32 example index in the batch
+  slot_K: jax.Array  # int32 answer slot
+  valid_K: jax.Array  # bool, False for the fill beyond the selected pairs
+
+
+def selected_answer_logits(model: GPT, cache_B: PrefixCache, overrides: RowOverrides | None,
+                           layer: int, select_BA: jax.Array, budget: int) -> SelectedLogits:
+  """Resume at block `layer` and compute logits only where `select_BA` is True.
+
+  The lm_head costs V * D per position, so skipping answer slots that are
+  padding or outside the loss matters at large vocabularies. `budget` must be
+  at least the number of selected pairs; pairs beyond it would be dropped, so
+  callers size it from the examples (the batch's largest possible count).
+  """
+  x_BTD, kept_BTD = model.run_blocks(
+      cache_B.x_NTD, cache_B.x0_NTD, cache_B.ids_NT, cache_B.rows_LNTG, start=layer,
+      kept_BTD=cache_B.kept_NTD, overrides=None if overrides is None else {layer: overrides})
+  A = select_BA.shape[1]
+  (flat_K,) = jnp.nonzero(select_BA.reshape(-1), size=budget, fill_value=0)
+  valid_K = jnp.arange(budget) < jnp.sum(select_BA)
+  example_K, slot_K = flat_K // A, flat_K % A
+  position_K = cache_B.answer_pos_NA[example_K, slot_K]
+  logits_1KV = model.logits(x_BTD[example_K, position_K][None], kept_BTD[example_K, position_K][None])
+  return SelectedLogits(logits_1KV[0], example_K, slot_K, valid_K)
+
+
 def _cached_answer_logits(graphdef, state, cache_B, overrides, layer):
   return answer_logits(nnx.merge(graphdef, state), cache_B, overrides, layer)
 
@@ -173,7 +204,7 @@ _cached_answer_logits_jit = jax.jit(_cached_answer_logits, static_argnums=(0, 4)
 
 def cached_answer_logits(model: GPT, cache_B: PrefixCache, overrides: RowOverrides | None,
                          layer: int) -> jax.Array:
-  """`answer_logits` compiled, for calls outside a jitted program."""
+  """Run `answer_logits` compiled, for calls outside a jitted program."""
   graphdef, state = nnx.split(model)
   return _cached_answer_logits_jit(graphdef, state, cache_B, overrides, layer)
 
@@ -189,7 +220,7 @@ _full_answer_logits_jit = jax.jit(_full_answer_logits, static_argnums=(0, 6))
 
 def full_answer_logits(model: GPT, batch: FactBatch, overrides: RowOverrides | None,
                        layer: int) -> jax.Array:
-  """The whole forward pass (no cache), logits [B, A, V] at answer positions."""
+  """Run the whole forward pass (no cache) and return logits [B, A, V] at answer positions."""
   check_length(model, batch.ids_NT.shape[1])
   graphdef, state = nnx.split(model)
   return _full_answer_logits_jit(

@@ -1,9 +1,9 @@
 """The compiled Joint OPT training loop: settings, minibatch sampling, steps and early stop.
 
 `train_user` is a pure function of the frozen model state and one user's
-`Problem`; `run_compiled` jit-compiles it (vmapped over users when asked),
-caches the executable and runs it. engram_jax.memory.joint_opt prepares the
-inputs and builds the override maps.
+`Problem`. `run_compiled` compiles it, vmapped over users when asked, caches
+the executable and runs it. engram_jax.memory.joint_opt prepares the inputs
+and builds the override maps.
 
 Shape letters: N examples, S minibatch slots, R managed rows, W row width,
 A answer slots, C evaluation chunk, U users.
@@ -25,7 +25,7 @@ from engram_jax.model.overrides import RowOverrides
 
 SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("epoch", "replacement")
-# Compiled programs kept by `run_compiled`; each holds one shape signature.
+# Compiled programs kept by `run_compiled`, one per shape signature and settings.
 _CACHE_SIZE = 16
 _compiled: dict[Any, Any] = {}
 
@@ -35,13 +35,14 @@ class JointOptSettings:
   """Joint OPT hyperparameters (Adam betas 0.9/0.999, eps 1e-8, no clipping).
 
   Early stopping: every `check_every` steps the recall of all examples is
-  measured. The run stops once recall reaches `target_recall`, or after
-  `patience` checks in a row without a new best recall (facts whose trigger
-  rows coincide, such as "Willa was born in" and "Emil was born in", can keep
-  recall below 1.0 for good), or at `max_steps`. The returned values are
-  those of the last check with the best recall.
+  measured. The run stops once recall reaches `target_recall` or at
+  `max_steps`. It also stops after `patience` checks in a row without a new
+  best recall, counted once recall is above zero, because facts whose trigger
+  rows coincide (such as "Willa was born in" and "Emil was born in") can keep
+  recall below 1.0 for good. The returned values are those of the last check
+  with the best recall.
   """
-  learning_rate: float = 1.0  # peak lr; the reference uses 0.5 (OPT-15) and 1.0 (OPT-60)
+  learning_rate: float = 4.0  # peak lr (the reference's batch-1 schedule uses 0.5)
   schedule: str = "constant"  # "constant", or "cosine" decay from warmup to max_steps
   warmup_steps: int = 5  # linear warmup from learning_rate / warmup_steps
   final_lr_fraction: float = 0.1  # cosine only: final lr / peak lr
@@ -51,7 +52,7 @@ class JointOptSettings:
   early_stop: bool = True
   check_every: int | None = None  # steps between recall checks; None: max(4, steps per epoch)
   target_recall: float = 1.0  # stop once this fraction of examples is fully greedy-correct
-  patience: int | None = 10  # checks without a new best recall before stopping; None: never
+  patience: int | None = 25  # checks without a new best recall before stopping; None: never
   loss_tokens: str = "all"  # "all" answer tokens, or "first" (the reference's loss)
   scale: float = 20.0  # UNEMBED_P scale of the initial values
   seed: int = 0  # minibatch sampling
@@ -75,10 +76,11 @@ class JointOptSettings:
           "and target_recall in (0, 1].")
 
   def effective(self) -> "JointOptSettings":
-    """The settings a run uses: with `reference_schedule`, the reference's schedule.
+    """Return the settings a run uses, which differ only with `reference_schedule`.
 
-    That is batch 1 sampled with replacement, Adam at a constant lr 0.5 and
-    exactly `max_steps` steps without early stopping. Other fields are kept.
+    The reference schedule is batch 1 sampled with replacement, Adam at a
+    constant lr 0.5 and exactly `max_steps` steps without early stopping.
+    Other fields are kept.
     """
     if not self.reference_schedule:
       return self
@@ -126,7 +128,7 @@ def check_interval(settings: JointOptSettings, num_examples: int, slots: int) ->
 
 
 def _epoch_order(key, epoch, n, N: int) -> jax.Array:
-  """A permutation of [0, n) for `epoch`, then the padding indices [n, N).
+  """Return a permutation of [0, n) for `epoch`, followed by the padding indices [n, N).
 
   Each index draws its own uniform from (key, epoch, index), so the order of
   the real examples does not depend on the padding N.
@@ -160,30 +162,50 @@ def sample_batch(key, step, n, b, slots: int, N: int, sampling: str):
 
 
 def _overrides(rows_R, values_RW, batch: int) -> RowOverrides:
-  """Every sequence carries the whole map."""
+  """Give every sequence of the batch the whole map."""
   R, W = values_RW.shape
   return RowOverrides(jnp.broadcast_to(rows_R, (batch, R)), jnp.broadcast_to(values_RW, (batch, R, W)))
 
 
-def _answer_terms(model, problem, values_RW, index_B, weight_B, settings, layer):
-  """Summed NLL, loss-token count and fully correct real examples of a batch of examples."""
+class Sizes(NamedTuple):
+  """Static sizes of the compiled program, shared by every user it trains."""
+  slots: int  # minibatch slots S
+  chunk: int  # examples per evaluation chunk C
+  check_every: int  # steps between recall checks
+  train_tokens: int  # logits budget of a minibatch (its largest possible loss-token count)
+  eval_tokens: int  # logits budget of an evaluation chunk (its answer-token count)
+
+
+def _answer_terms(model, problem, values_RW, index_B, weight_B, settings, layer, budget: int,
+                  all_tokens: bool):
+  """Summed NLL, loss-token count and fully correct real examples of a batch of examples.
+
+  Logits are computed for the loss tokens only, or for every answer token when
+  `all_tokens` (needed to count fully correct examples).
+  """
   cache_B = forward.take_examples(problem.cache, index_B)
-  logits_BAV = forward.answer_logits(
-      model, cache_B, _overrides(problem.rows_R, values_RW, index_B.shape[0]), layer)
-  nll_BA = forward.answer_nll(logits_BAV, cache_B.answer_ids_NA)
-  mask_BA = forward.loss_mask(cache_B.answer_mask_NA, settings.loss_tokens) & weight_B[:, None]
-  correct_B = forward.answer_correct(logits_BAV, cache_B.answer_ids_NA, cache_B.answer_mask_NA)
-  return jnp.sum(nll_BA * mask_BA), jnp.sum(mask_BA), jnp.sum(correct_B & weight_B)
+  loss_BA = forward.loss_mask(cache_B.answer_mask_NA, settings.loss_tokens) & weight_B[:, None]
+  select_BA = cache_B.answer_mask_NA & weight_B[:, None] if all_tokens else loss_BA
+  selected = forward.selected_answer_logits(
+      model, cache_B, _overrides(problem.rows_R, values_RW, index_B.shape[0]), layer, select_BA,
+      budget)
+  b_K, a_K = selected.example_K, selected.slot_K
+  ids_K = cache_B.answer_ids_NA[b_K, a_K]
+  nll_K = forward.answer_nll(selected.logits_KV, ids_K)
+  in_loss_K = selected.valid_K & loss_BA[b_K, a_K]
+  miss_K = selected.valid_K & (jnp.argmax(selected.logits_KV, axis=-1) != ids_K)
+  wrong_B = jnp.zeros(index_B.shape, bool).at[b_K].max(miss_K)
+  return jnp.sum(nll_K * in_loss_K), jnp.sum(in_loss_K), jnp.sum(~wrong_B & weight_B)
 
 
-def _evaluate(model, problem, values_RW, settings, layer, chunk: int):
-  """Recall and mean loss over all real examples, `chunk` examples at a time."""
+def _evaluate(model, problem, values_RW, settings, layer, sizes: Sizes):
+  """Recall and mean loss over all real examples, `sizes.chunk` examples at a time."""
   N = problem.example_mask_N.shape[0]
-  index_KC = jnp.arange(N).reshape(N // chunk, chunk)
+  index_KC = jnp.arange(N).reshape(N // sizes.chunk, sizes.chunk)
 
   def one_chunk(index_C):
     return _answer_terms(model, problem, values_RW, index_C, problem.example_mask_N[index_C],
-                         settings, layer)
+                         settings, layer, sizes.eval_tokens, all_tokens=True)
 
   nll_K, count_K, correct_K = jax.lax.map(one_chunk, index_KC)
   recall = jnp.sum(correct_K) / problem.num_examples
@@ -191,9 +213,12 @@ def _evaluate(model, problem, values_RW, settings, layer, chunk: int):
 
 
 def _track(previous: Outcome, steps, values_RW, recall, loss) -> Outcome:
-  """Keep the values of the latest check with the best recall; count checks without a new best."""
+  """Keep the values of the latest check with the best recall; count checks without a new best.
+
+  Checks count only once recall is above zero, so a slow start is not taken for a plateau.
+  """
   keep_new = recall >= previous.recall
-  improved = recall > previous.recall + 1e-6
+  improved = (recall > previous.recall + 1e-6) | (recall <= 0)
   return Outcome(
       values_RW=jnp.where(keep_new, values_RW, previous.values_RW), steps=steps,
       best_step=jnp.where(keep_new, steps, previous.best_step),
@@ -209,7 +234,7 @@ def _running(settings: JointOptSettings, outcome: Outcome) -> jax.Array:
 
 
 def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, layer: int,
-               slots: int, chunk: int, check_every: int) -> Outcome:
+               sizes: Sizes) -> Outcome:
   """Train one user's managed rows; pure and compiled as a whole."""
   model = nnx.merge(graphdef, state)
   tx = optax.adam(learning_rate_schedule(settings))
@@ -219,17 +244,18 @@ def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, la
   N = problem.example_mask_N.shape[0]
 
   def batch_loss(values_RW, index_S, valid_S):
-    nll, count, _ = _answer_terms(model, problem, values_RW, index_S, valid_S, settings, layer)
+    nll, count, _ = _answer_terms(model, problem, values_RW, index_S, valid_S, settings, layer,
+                                  sizes.train_tokens, all_tokens=False)
     return nll / jnp.maximum(count, 1)
 
   def one_step(carry):
     step, values_RW, opt_state = carry
-    index_S, valid_S = sample_batch(key, step, n, b, slots, N, settings.sampling)
+    index_S, valid_S = sample_batch(key, step, n, b, sizes.slots, N, settings.sampling)
     grads_RW = jax.grad(batch_loss)(values_RW, index_S, valid_S)
     updates, opt_state = tx.update(grads_RW, opt_state, values_RW)
     return step + 1, optax.apply_updates(values_RW, updates), opt_state
 
-  evaluate = lambda v: _evaluate(model, problem, v, settings, layer, chunk)
+  evaluate = lambda v: _evaluate(model, problem, v, settings, layer, sizes)
   carry = (jnp.zeros((), jnp.int32), problem.init_RW, tx.init(problem.init_RW))
   if not settings.early_stop:
     carry = jax.lax.fori_loop(0, settings.max_steps, lambda _, c: one_step(c), carry)
@@ -243,7 +269,7 @@ def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, la
 
   def block(loop):
     c, outcome = loop
-    c = jax.lax.fori_loop(0, check_every, guarded_step, c)
+    c = jax.lax.fori_loop(0, sizes.check_every, guarded_step, c)
     return c, _track(outcome, c[0], c[1], *evaluate(c[1]))
 
   zero = jnp.zeros((), jnp.int32)
@@ -258,19 +284,18 @@ def _signature(tree) -> tuple:
 
 
 def run_compiled(graphdef, state, problem: Problem, settings: JointOptSettings, layer: int,
-                 slots: int, chunk: int, *, users: int | None = None) -> tuple[Outcome, float]:
+                 sizes: Sizes, *, users: int | None = None) -> tuple[Outcome, float]:
   """Compile (or reuse) and run the training program; return its outcome and compile seconds.
 
-  With `users`, `problem` holds that many users stacked on axis 0 and the
+  With `users`, `problem` contains that many users stacked on axis 0 and the
   program vmaps `train_user` over them.
   """
-  check_every = check_interval(settings, problem.example_mask_N.shape[-1], slots)
-  key = (graphdef, settings, layer, slots, chunk, check_every, users,
+  key = (graphdef, settings, layer, sizes, users,
          _signature(state), _signature(problem))
   compile_seconds = 0.0
   if key not in _compiled:
     start = time.perf_counter()
-    train = lambda s, p: train_user(graphdef, s, p, settings, layer, slots, chunk, check_every)
+    train = lambda s, p: train_user(graphdef, s, p, settings, layer, sizes)
     program = jax.jit(train if users is None else jax.vmap(train, in_axes=(None, 0)))
     if len(_compiled) >= _CACHE_SIZE:
       _compiled.pop(next(iter(_compiled)))

@@ -30,15 +30,19 @@ Properties:
   user alone with the same settings, up to float rounding.
 
 Default schedule: minibatches of min(16, examples) drawn without replacement
-per epoch; Adam with a 5-step linear warmup to lr 1.0, then constant; early
-stopping at recall 1.0 or after 10 checks without a new best recall; at most
-1,500 steps. Batches of 16 cost a GPU about as much as the reference's batch
-of 1 and give a less noisy gradient, so a larger constant step needs no
-decay; 1.0 is the reference's own OPT-60 rate. On a random-initialised tiny
-model (about 32 facts per user) lr 1.0 reached the plateau recall in fewer
-steps than lr 0.5 at batch 16. `JointOptSettings(reference_schedule=True)`
-reproduces the reference schedule: batch 1 sampled with replacement,
-constant lr 0.5, exactly `max_steps` steps, no early stopping.
+per epoch; Adam with a 5-step linear warmup to lr 4.0, then constant; early
+stopping at recall 1.0 or after 25 checks without a new best recall; at most
+1,500 steps. Adam moves each coordinate by about lr per step, so the step
+count, not the batch, sets the pace; the larger batch mainly lets every row
+get a gradient about every second step. Measured on the tiny config
+pretrained for 400 steps (three generated users of 32-34 facts, batch 16,
+2-core CPU), recall 0.9 took 40-60 steps at lr 4.0 and 70-120 at lr 2.0. At
+lr 0.5 one user was at 0.77 after 200 steps, and the reference schedule
+reached 0.85 after 1,500 steps.
+NOTE: the schedule is not yet tuned on the d12/d20 reference sizes.
+`JointOptSettings(reference_schedule=True)` reproduces the reference
+schedule: batch 1 sampled with replacement, constant lr 0.5, exactly
+`max_steps` steps, no early stopping.
 
 Shape letters: U users, N examples, S minibatch slots, R managed rows,
 W row width, C evaluation chunk.
@@ -69,14 +73,15 @@ JointOptSettings = joint_loop.JointOptSettings
 
 @dataclasses.dataclass(frozen=True)
 class JointOptStats:
-  """What one user's Joint OPT run did.
+  """Statistics of one user's Joint OPT run.
 
-  `seconds` is the wall time of the write without compilation (host
-  preparation, the prefix pass, the compiled loop and the map); with several
-  users trained in one program it is the shared time of the whole call.
+  `seconds` is the wall time of the write without compilation: host
+  preparation, the prefix pass, the compiled loop and the map. When several
+  users train in one program, it is the time of the whole call, and
+  `seconds_per_fact` divides it by all users' facts.
   """
   steps: int  # optimiser steps run
-  best_step: int  # step whose values the map holds (the last check with the best recall)
+  best_step: int  # step of the values in the map (the last check with the best recall)
   final_loss: float  # mean loss-token cross-entropy over all examples with the map's values
   recall: float  # train-time greedy full-answer recall over all examples with the map's values
   seconds: float
@@ -94,7 +99,10 @@ class _UserData(NamedTuple):
   init_RW: np.ndarray
 
 
-def _managed_rows(model, examples, layout, canonical_map, layer, continuation_heads, scale):
+def managed_rows(model: GPT, examples: Sequence[facts_lib.FactExample], layout: HashLayout,
+                 canonical_map: Any, layer: int, continuation_heads: Sequence[int] | None,
+                 scale: float) -> tuple[np.ndarray, np.ndarray]:
+  """Return the managed rows (int32 [R], ascending) and their initial values (float32 [R, W])."""
   by_token = writers.slices_by_token(
       examples, lambda t: writers.unembed_p_slices(model, layer, t, scale=scale))
   located = writers.locate_all(examples, layout, canonical_map, layer, continuation_heads)
@@ -104,7 +112,7 @@ def _managed_rows(model, examples, layout, canonical_map, layer, continuation_he
 def _shapes(examples_per_user, settings) -> dict[str, int]:
   """Padded sizes shared by every user.
 
-  Sizes are rounded up (lengths to 16, answer slots to 8, examples to 8 or the
+  Sizes are rounded up (lengths and answer slots to 8, examples to 8 or the
   evaluation chunk) so users of similar size reuse one compiled program.
   Minibatch slots beyond a user's real batch are computed but carry no loss.
   """
@@ -115,7 +123,7 @@ def _shapes(examples_per_user, settings) -> dict[str, int]:
   return {
       "num_examples": num_examples,
       "eval_chunk": chunk,
-      "length": forward.round_up(max(len(e.sequence_ids) for e in examples), 16),
+      "length": forward.round_up(max(len(e.sequence_ids) for e in examples), 8),
       "answer_slots": forward.round_up(max(len(e.answer_ids) for e in examples), 8),
       "slots": min(settings.batch_size, num_examples),
   }
@@ -128,7 +136,7 @@ def _row_slots(num_rows: int) -> int:
 
 def _prepare(model, examples, layout, canonical_map, layer, continuation_heads, settings,
              shapes) -> _UserData:
-  rows_R, init_RW = _managed_rows(
+  rows_R, init_RW = managed_rows(
       model, examples, layout, canonical_map, layer, continuation_heads, settings.scale)
   batch = forward.build_fact_batch(
       examples, layout, canonical_map, num_examples=shapes["num_examples"],
@@ -162,18 +170,9 @@ def _check_examples(users_examples) -> None:
     writers.map_owner(examples)
 
 
-def write_joint_opt_users(
-    model: GPT, users_examples: Sequence[Sequence[facts_lib.FactExample]], layout: HashLayout,
-    canonical_map: Any, *, model_fingerprint: str, settings: JointOptSettings = JointOptSettings(),
-    layer: int | None = None, continuation_heads: Sequence[int] | None = None,
-    batched: bool = True) -> list[tuple[maps.OverrideMap, JointOptStats]]:
-  """Train one Joint OPT map per user; with `batched`, all users in one compiled program."""
-  _check_examples(users_examples)
-  if not batched:
-    return [write_joint_opt(model, examples, layout, canonical_map,
-                            model_fingerprint=model_fingerprint, settings=settings, layer=layer,
-                            continuation_heads=continuation_heads)
-            for examples in users_examples]
+def _write(model, users_examples, layout, canonical_map, *, model_fingerprint, settings, layer,
+           continuation_heads, vmapped: bool) -> list[tuple[maps.OverrideMap, JointOptStats]]:
+  """Train every user of `users_examples` in one compiled program (vmapped over users or not)."""
   start = time.perf_counter()
   layer = writers.target_layer(model, layer)
   effective = settings.effective()
@@ -182,24 +181,42 @@ def write_joint_opt_users(
   datas = [_prepare(model, examples, layout, canonical_map, layer, continuation_heads,
                     effective, shapes) for examples in users_examples]
   num_rows = _row_slots(max(d.rows_R.size for d in datas))
-  problems = [_problem(model, d, len(ex), num_rows, layer)
-              for d, ex in zip(datas, users_examples)]
-  stacked = jax.tree.map(lambda *parts: jnp.stack(parts), *problems)
+  problems = [_problem(model, d, len(examples), num_rows, layer)
+              for d, examples in zip(datas, users_examples)]
   graphdef, state = nnx.split(model)
+  if vmapped:
+    problem = jax.tree.map(lambda *parts: jnp.stack(parts), *problems)
+  else:
+    problem, = problems
   outcome, compile_seconds = joint_loop.run_compiled(
-      graphdef, state, stacked, effective, layer, shapes["slots"], shapes["eval_chunk"],
-      users=len(problems))
+      graphdef, state, problem, effective, layer, shapes["slots"], shapes["eval_chunk"],
+      users=len(problems) if vmapped else None)
   outcome = jax.tree.map(np.asarray, outcome)
   results = []
   for u, (data, examples) in enumerate(zip(datas, users_examples)):
-    results.append(_finish(
-        examples, data, jax.tree.map(lambda a, u=u: a[u], outcome), layer, continuation_heads,
-        effective, model_fingerprint))
+    user_outcome = jax.tree.map(lambda a, u=u: a[u], outcome) if vmapped else outcome
+    results.append(_finish(examples, data, user_outcome, layer, continuation_heads, effective,
+                           model_fingerprint))
+
   seconds = time.perf_counter() - start - compile_seconds
-  total_facts = sum(len(writers.fact_keys(ex)) for ex in users_examples)
-  return [(m, dataclasses.replace(
-      stats, seconds=seconds, seconds_per_fact=seconds / total_facts,
-      compile_seconds=compile_seconds)) for m, stats in results]
+  total_facts = sum(stats.num_facts for _, stats in results)
+  return [(m, dataclasses.replace(stats, seconds=seconds, seconds_per_fact=seconds / total_facts,
+                                  compile_seconds=compile_seconds)) for m, stats in results]
+
+
+def write_joint_opt_users(
+    model: GPT, users_examples: Sequence[Sequence[facts_lib.FactExample]], layout: HashLayout,
+    canonical_map: Any, *, model_fingerprint: str, settings: JointOptSettings = JointOptSettings(),
+    layer: int | None = None, continuation_heads: Sequence[int] | None = None,
+    batched: bool = True) -> list[tuple[maps.OverrideMap, JointOptStats]]:
+  """Train one Joint OPT map per user: with `batched` all users in one program, else one by one."""
+  _check_examples(users_examples)
+  kwargs = dict(model_fingerprint=model_fingerprint, settings=settings, layer=layer,
+                continuation_heads=continuation_heads)
+  if batched:
+    return _write(model, users_examples, layout, canonical_map, vmapped=True, **kwargs)
+  return [_write(model, [examples], layout, canonical_map, vmapped=False, **kwargs)[0]
+          for examples in users_examples]
 
 
 def write_joint_opt(model: GPT, examples: Sequence[facts_lib.FactExample], layout: HashLayout,
@@ -209,37 +226,24 @@ def write_joint_opt(model: GPT, examples: Sequence[facts_lib.FactExample], layou
                     ) -> tuple[maps.OverrideMap, JointOptStats]:
   """Train one user's facts into one override map; return it with the run's stats."""
   _check_examples([examples])
-  start = time.perf_counter()
-  layer = writers.target_layer(model, layer)
-  effective = settings.effective()
-  shapes = _shapes([examples], effective)
-  forward.check_length(model, shapes["length"])
-  data = _prepare(model, examples, layout, canonical_map, layer, continuation_heads, effective,
-                  shapes)
-  problem = _problem(model, data, len(examples), _row_slots(data.rows_R.size), layer)
-  graphdef, state = nnx.split(model)
-  outcome, compile_seconds = joint_loop.run_compiled(
-      graphdef, state, problem, effective, layer, shapes["slots"], shapes["eval_chunk"])
-  result, stats = _finish(examples, data, jax.tree.map(np.asarray, outcome), layer,
-                          continuation_heads, effective, model_fingerprint)
-  seconds = time.perf_counter() - start - compile_seconds
-  return result, dataclasses.replace(
-      stats, seconds=seconds, seconds_per_fact=seconds / stats.num_facts,
-      compile_seconds=compile_seconds)
+  return _write(model, [examples], layout, canonical_map, model_fingerprint=model_fingerprint,
+                settings=settings, layer=layer, continuation_heads=continuation_heads,
+                vmapped=False)[0]
 
 
 def _finish(examples, data: _UserData, outcome: joint_loop.Outcome, layer, continuation_heads,
             settings, model_fingerprint) -> tuple[maps.OverrideMap, JointOptStats]:
   num_rows = data.rows_R.size
-  record = dict(dataclasses.asdict(settings), continuation_heads=(
-      None if continuation_heads is None else list(continuation_heads)),
+  heads = None if continuation_heads is None else list(continuation_heads)
+  record = dict(dataclasses.asdict(settings), continuation_heads=heads,
                 num_examples=len(examples))
   result = maps.make_map(
       layer, data.rows_R, outcome.values_RW[:num_rows], owner=writers.map_owner(examples),
       fact_keys=writers.fact_keys(examples), strategy="joint_opt", settings=record,
       model_fingerprint=model_fingerprint)
   stats = JointOptStats(
-      steps=int(outcome.steps), best_step=int(outcome.best_step), final_loss=float(outcome.loss), recall=float(outcome.recall),
+      steps=int(outcome.steps), best_step=int(outcome.best_step),
+      final_loss=float(outcome.loss), recall=float(outcome.recall),
       seconds=0.0, seconds_per_fact=0.0, compile_seconds=0.0,
       num_facts=len(writers.fact_keys(examples)), num_examples=len(examples), num_rows=num_rows)
   logging.info("[memory] Joint OPT %s: %d facts, %d rows, %d steps, recall %.3f, loss %.3f",

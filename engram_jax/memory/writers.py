@@ -1,10 +1,10 @@
 """Per-fact memory writers: RANDOM (control), UNEMBED_P and OPT.
 
-Every writer locates each example's rows in the target Engram layer (the last
-one by default; see `facts.locate_rows`), computes one [W] value per
-(position, head) and returns an `OverrideMap`. Position p of an example
-predicts answer token p: the trigger position predicts the first answer token
-and each continuation position the token after it.
+Every writer locates each example's rows in the target Engram layer with
+`facts.locate_rows` (the last Engram layer by default). It computes one [W]
+value per (position, head) and returns an `OverrideMap`. Position p of an
+example predicts answer token p: the trigger position predicts the first
+answer token, and each continuation position the token after it.
 
 * RANDOM: head g of position p gets slice g of N(0, 1) [G, W] drawn from
   numpy `default_rng(42 + token)`, times `scale`; `token` is the answer token
@@ -29,6 +29,7 @@ W row width, E memory width G * W, D model width, K override slots.
 """
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,10 +48,11 @@ from engram_jax.memory import maps
 from engram_jax.model.gpt import GPT
 from engram_jax.model.overrides import UNUSED_ROW, RowOverrides
 
-# How rows written more than once are merged into the map.
+# Merge rule of `maps.make_map` for rows written more than once.
 DUPLICATE_RULE = "mean"
 # RANDOM seeds numpy's generator with this plus the predicted token id.
 RANDOM_SEED_BASE = 42
+_PINV_CACHE: dict[str, np.ndarray] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,8 @@ def map_owner(examples: Sequence[facts_lib.FactExample]) -> str:
   """Return the one owner of `examples`; a map stores one user's facts."""
   owners = sorted({e.owner for e in examples})
   if len(owners) != 1:
-    raise ValueError(f"A map holds one owner's facts; the examples belong to {owners or 'nobody'}.")
+    raise ValueError(f"A map stores one owner's facts, but the examples belong to {owners or 'nobody'}; "
+                     "write one map per user.")
   return owners[0]
 
 
@@ -96,26 +99,36 @@ def fact_keys(examples: Sequence[facts_lib.FactExample]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(e.key for e in examples))
 
 
+def _value_map_pinv(w_v_ED: np.ndarray) -> np.ndarray:
+  """Return pinv of the [D, E] map e -> v, float32 [E, D], cached by the bytes of w_v."""
+  digest = hashlib.sha1(w_v_ED.tobytes()).hexdigest() + str(w_v_ED.shape)
+  if digest not in _PINV_CACHE:
+    if len(_PINV_CACHE) >= 4:
+      _PINV_CACHE.pop(next(iter(_PINV_CACHE)))
+    _PINV_CACHE[digest] = np.linalg.pinv(w_v_ED.T)
+  return _PINV_CACHE[digest]
+
+
 def unembed_vectors(w_v_ED: Any, lm_head_DV: Any, token_ids: Any, *, scale: float) -> np.ndarray:
-  """UNEMBED_P memory vectors, float32 [k, E]: e with e @ w_v ~ scale * lm_head[:, token]."""
+  """Compute UNEMBED_P memory vectors, float32 [k, E], with e @ w_v ~ scale * lm_head[:, token]."""
   w_v_ED = np.asarray(w_v_ED, np.float32)
   lm_head_DV = np.asarray(lm_head_DV, np.float32)
   token_ids = np.asarray(token_ids, np.int64)
   if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= lm_head_DV.shape[1]):
     raise ValueError(f"Token ids {token_ids} lie outside the lm_head columns [0, {lm_head_DV.shape[1]}).")
-  pinv_ED = np.linalg.pinv(w_v_ED.T)  # pinv of the [D, E] map e -> v
+  pinv_ED = _value_map_pinv(w_v_ED)
   return (scale * (lm_head_DV[:, token_ids].T @ pinv_ED.T)).astype(np.float32)
 
 
 def unembed_p_slices(model: GPT, layer: int, token_ids: Any, *, scale: float) -> np.ndarray:
-  """UNEMBED_P values of each token split per head, float32 [k, G, W]."""
+  """Compute the UNEMBED_P values of each token, split per head: float32 [k, G, W]."""
   engram = model.blocks[layer].engram
   e_kE = unembed_vectors(engram.w_v[...], model.lm_head.kernel[...], token_ids, scale=scale)
   return e_kE.reshape(len(e_kE), engram.hash_heads, engram.row_width)
 
 
 def random_slices(token_ids: Any, num_heads: int, row_width: int, *, scale: float) -> np.ndarray:
-  """RANDOM control values, float32 [k, G, W], deterministic in each token id."""
+  """Draw the RANDOM control values, float32 [k, G, W], deterministic in each token id."""
   return np.stack([
       np.random.default_rng(RANDOM_SEED_BASE + int(t)).standard_normal((num_heads, row_width))
       for t in np.asarray(token_ids).reshape(-1)]).astype(np.float32) * np.float32(scale)
@@ -134,7 +147,7 @@ def _example_values(example, located_PG, by_token) -> tuple[np.ndarray, np.ndarr
 
 
 def locate_all(examples, layout, canonical_map, layer, continuation_heads) -> list[np.ndarray]:
-  """Rows [P, G] of every example in block `layer` (see facts.locate_rows)."""
+  """Locate the rows [P, G] of every example in block `layer` (see facts.locate_rows)."""
   return [facts_lib.locate_rows(e, layout, canonical_map, layer,
                                 continuation_heads=continuation_heads) for e in examples]
 
@@ -197,7 +210,7 @@ def located_values(examples, located, by_token) -> tuple[np.ndarray, np.ndarray]
 
 
 def _opt_slots(examples, located, by_token) -> tuple[np.ndarray, np.ndarray]:
-  """Per example its sorted distinct rows [N, K] (UNUSED_ROW padding) and mean init values [N, K, W]."""
+  """Return each example's sorted distinct rows [N, K] (UNUSED_ROW padding) and mean init [N, K, W]."""
   per_example = [merge_mean(*_example_values(e, located_PG, by_token))
                  for e, located_PG in zip(examples, located)]
   K = forward.round_up(max(r.size for r, _ in per_example), 8)
@@ -211,7 +224,7 @@ def _opt_slots(examples, located, by_token) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _opt_chunk(graphdef, state, cache_B, rows_BK, init_BKW, example_mask_B, settings, layer):
-  """Run OPT on one chunk of examples; returns the trained values [B, K, W]."""
+  """Run OPT on one chunk of examples and return the trained values [B, K, W]."""
   model = nnx.merge(graphdef, state)
   slot_mask_BK1 = (rows_BK != UNUSED_ROW)[..., None]
   token_mask_BA = forward.loss_mask(cache_B.answer_mask_NA, settings.loss_tokens)
