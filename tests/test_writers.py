@@ -229,6 +229,25 @@ def test_cached_prefix_equals_full_forward(env, joint):
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5)
 
 
+def test_selected_logits_match_dense(env, joint):
+  batch = forward.build_fact_batch(joint["examples"], env["layout"], env["canonical_map"])
+  cache = forward.compute_prefix(env["model"], batch, env["layer"])
+  select = jnp.asarray(batch.answer_mask_NA)
+  budget = int(batch.answer_mask_NA.sum())
+  graphdef, state = nnx.split(env["model"])
+
+  @jax.jit
+  def both(state):
+    model = nnx.merge(graphdef, state)
+    dense = forward.answer_logits(model, cache, None, env["layer"])
+    return dense, forward.selected_answer_logits(
+        model, cache, None, env["layer"], select, budget)
+
+  dense, selected = both(state)
+  expected = np.asarray(dense)[np.asarray(selected.example_K), np.asarray(selected.slot_K)]
+  np.testing.assert_allclose(np.asarray(selected.logits_KV), expected, atol=1e-5)
+
+
 def test_cached_prefix_with_backout_below_target(env):
   # Backout keeps block 2's output; with the target at block 3 the cache must carry it.
   cfg = _tiny_config(layer_ids=(1, 3))

@@ -72,14 +72,14 @@ def build_fact_batch(examples: Sequence[facts_lib.FactExample], layout: HashLayo
   if not examples:
     raise ValueError("No fact examples were given; a batch needs at least one.")
   longest = max(len(e.sequence_ids) for e in examples)
-  most_answers = max(len(e.answer_ids) for e in examples)
+  max_answers = max(len(e.answer_ids) for e in examples)
   N = len(examples) if num_examples is None else num_examples
   T = longest if length is None else length
-  A = most_answers if answer_slots is None else answer_slots
-  if N < len(examples) or T < longest or A < most_answers:
+  A = max_answers if answer_slots is None else answer_slots
+  if N < len(examples) or T < longest or A < max_answers:
     raise ValueError(
         f"Padded sizes (examples={N}, length={T}, answer_slots={A}) are smaller than the examples "
-        f"need ({len(examples)}, {longest}, {most_answers}); pass larger sizes or None.")
+        f"need ({len(examples)}, {longest}, {max_answers}); pass larger sizes or None.")
 
   padded = list(examples) + [examples[0]] * (N - len(examples))
   ids_NT = np.empty((N, T), np.int32)

@@ -164,7 +164,8 @@ def sample_batch(key, step, n, b, slots: int, N: int, sampling: str):
 def _overrides(rows_R, values_RW, batch: int) -> RowOverrides:
   """Give every sequence of the batch the whole map."""
   R, W = values_RW.shape
-  return RowOverrides(jnp.broadcast_to(rows_R, (batch, R)), jnp.broadcast_to(values_RW, (batch, R, W)))
+  return RowOverrides(jnp.broadcast_to(rows_R, (batch, R)),
+                      jnp.broadcast_to(values_RW, (batch, R, W)))
 
 
 class Sizes(NamedTuple):
@@ -178,7 +179,7 @@ class Sizes(NamedTuple):
 
 def _answer_terms(model, problem, values_RW, index_B, weight_B, settings, layer, budget: int,
                   all_tokens: bool):
-  """Summed NLL, loss-token count and fully correct real examples of a batch of examples.
+  """Return the summed NLL, the loss-token count and the fully correct real examples of a batch.
 
   Logits are computed for the loss tokens only, or for every answer token when
   `all_tokens` (needed to count fully correct examples).
@@ -199,7 +200,7 @@ def _answer_terms(model, problem, values_RW, index_B, weight_B, settings, layer,
 
 
 def _evaluate(model, problem, values_RW, settings, layer, sizes: Sizes):
-  """Recall and mean loss over all real examples, `sizes.chunk` examples at a time."""
+  """Return recall and mean loss over all real examples, `sizes.chunk` examples at a time."""
   N = problem.example_mask_N.shape[0]
   index_KC = jnp.arange(N).reshape(N // sizes.chunk, sizes.chunk)
 
@@ -213,7 +214,7 @@ def _evaluate(model, problem, values_RW, settings, layer, sizes: Sizes):
 
 
 def _track(previous: Outcome, steps, values_RW, recall, loss) -> Outcome:
-  """Keep the values of the latest check with the best recall; count checks without a new best.
+  """Keep the values of the latest check with the best recall and count checks without a new best.
 
   Checks count only once recall is above zero, so a slow start is not taken for a plateau.
   """

@@ -13,8 +13,9 @@ Properties:
   are never updated; the shared table is never written. Gradients reach only
   the [R, W] values.
 * The stream entering the target block is computed once for all examples
-  (`forward.compute_prefix`). Each step runs blocks [target, L) and the
-  logits at answer positions only.
+  (`forward.compute_prefix`). Each step runs blocks [target, L) and computes
+  logits only for the answer tokens in the loss (`selected_answer_logits`),
+  never for padding or prompt positions.
 * Loss: mean cross-entropy over all answer tokens (teacher forcing) of a
   minibatch, so multi-token answers are trained; `loss_tokens="first"` keeps
   the reference's first-token loss.
@@ -116,10 +117,10 @@ def _shapes(examples_per_user, settings) -> dict[str, int]:
   evaluation chunk) so users of similar size reuse one compiled program.
   Minibatch slots beyond a user's real batch are computed but carry no loss.
   """
-  most = max(len(examples) for examples in examples_per_user)
+  max_examples = max(len(examples) for examples in examples_per_user)
   examples = [e for user in examples_per_user for e in user]
-  chunk = min(settings.eval_batch, forward.round_up(most, 8))
-  num_examples = forward.round_up(most, chunk)
+  chunk = min(settings.eval_batch, forward.round_up(max_examples, 8))
+  num_examples = forward.round_up(max_examples, chunk)
   return {
       "num_examples": num_examples,
       "eval_chunk": chunk,
@@ -127,6 +128,36 @@ def _shapes(examples_per_user, settings) -> dict[str, int]:
       "answer_slots": forward.round_up(max(len(e.answer_ids) for e in examples), 8),
       "slots": min(settings.batch_size, num_examples),
   }
+
+
+def _token_budget(count: int, cap: int) -> int:
+  return min(forward.round_up(max(count, 1), 8), cap)
+
+
+def _sizes(users_examples, settings, shapes) -> joint_loop.Sizes:
+  """Static loop sizes; the logits budgets are the largest token counts any user can reach.
+
+  A minibatch drawn without replacement contains at most the user's
+  min(batch, examples) longest answers; with replacement it may repeat the
+  longest one. An evaluation chunk is a fixed run of consecutive examples.
+  """
+  slots, chunk, A = shapes["slots"], shapes["eval_chunk"], shapes["answer_slots"]
+  train_tokens = eval_tokens = 1
+  for examples in users_examples:
+    lengths = [len(e.answer_ids) if settings.loss_tokens == "all" else 1 for e in examples]
+    batch = min(settings.batch_size, len(examples))
+    largest = sorted(lengths, reverse=True)[:batch]
+    if settings.sampling == "replacement":
+      largest = [max(lengths)] * batch
+    train_tokens = max(train_tokens, sum(largest))
+    answers = [len(e.answer_ids) for e in examples]
+    eval_tokens = max([eval_tokens] + [sum(answers[i:i + chunk])
+                                       for i in range(0, len(answers), chunk)])
+  return joint_loop.Sizes(
+      slots=slots, chunk=chunk,
+      check_every=joint_loop.check_interval(settings, shapes["num_examples"], slots),
+      train_tokens=_token_budget(train_tokens, slots * A),
+      eval_tokens=_token_budget(eval_tokens, chunk * A))
 
 
 def _row_slots(num_rows: int) -> int:
@@ -189,7 +220,7 @@ def _write(model, users_examples, layout, canonical_map, *, model_fingerprint, s
   else:
     problem, = problems
   outcome, compile_seconds = joint_loop.run_compiled(
-      graphdef, state, problem, effective, layer, shapes["slots"], shapes["eval_chunk"],
+      graphdef, state, problem, effective, layer, _sizes(users_examples, effective, shapes),
       users=len(problems) if vmapped else None)
   outcome = jax.tree.map(np.asarray, outcome)
   results = []
@@ -208,15 +239,28 @@ def write_joint_opt_users(
     model: GPT, users_examples: Sequence[Sequence[facts_lib.FactExample]], layout: HashLayout,
     canonical_map: Any, *, model_fingerprint: str, settings: JointOptSettings = JointOptSettings(),
     layer: int | None = None, continuation_heads: Sequence[int] | None = None,
-    batched: bool = True) -> list[tuple[maps.OverrideMap, JointOptStats]]:
-  """Train one Joint OPT map per user: with `batched` all users in one program, else one by one."""
+    batched: bool = True, users_per_program: int | None = None
+    ) -> list[tuple[maps.OverrideMap, JointOptStats]]:
+  """Train one Joint OPT map per user, in user order.
+
+  With `batched`, users train together in compiled programs of at most
+  `users_per_program` users (None: all at once), which bounds device memory.
+  Without it, each user trains alone.
+  """
   _check_examples(users_examples)
+  if users_per_program is not None and users_per_program < 1:
+    raise ValueError(f"users_per_program={users_per_program} must be positive or None.")
   kwargs = dict(model_fingerprint=model_fingerprint, settings=settings, layer=layer,
                 continuation_heads=continuation_heads)
-  if batched:
-    return _write(model, users_examples, layout, canonical_map, vmapped=True, **kwargs)
-  return [_write(model, [examples], layout, canonical_map, vmapped=False, **kwargs)[0]
-          for examples in users_examples]
+  if not batched:
+    return [_write(model, [examples], layout, canonical_map, vmapped=False, **kwargs)[0]
+            for examples in users_examples]
+  group = users_per_program or len(users_examples)
+  results = []
+  for start in range(0, len(users_examples), group):
+    results += _write(model, list(users_examples[start:start + group]), layout, canonical_map,
+                      vmapped=True, **kwargs)
+  return results
 
 
 def write_joint_opt(model: GPT, examples: Sequence[facts_lib.FactExample], layout: HashLayout,
