@@ -18,7 +18,8 @@ from engram_jax.users import synth
 from engram_jax.users import templates
 from launch import make_users
 
-SHARED_DATA = pathlib.Path("/work/shared/data")
+# The reference data set beside the checkout (../shared/data), when present.
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "users").is_dir(),
                                   reason="reference data folder not present")
 
