@@ -1,7 +1,7 @@
 """Configuration schema shared by every config file under configs/.
 
 Each file in configs/ defines `get_config()` and starts from `base_config()`,
-so every run sees the same fields with the same units. Derived shapes (model
+so every run has the same fields with the same units. Derived shapes (model
 width, head count, Engram row width) are computed here from those fields.
 """
 

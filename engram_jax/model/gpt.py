@@ -235,11 +235,16 @@ def _engram_rows_by_layer(layer_ids: tuple[int, ...], table_rows) -> dict[int, i
   return {layer: int(rows) for layer, rows in zip(layer_ids, table_rows)}
 
 
-def cross_entropy_loss(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-  """Mean token cross-entropy in fp32, skipping targets equal to -1."""
+def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+  """Per-token negative log-likelihood in fp32; 0 where the target is -1."""
   valid_BT = targets_BT != -1
   safe_BT = jnp.where(valid_BT, targets_BT, 0)
   logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
   nll_BT = -jnp.take_along_axis(logp_BTV, safe_BT[..., None], axis=-1)[..., 0]
-  count = jnp.maximum(jnp.sum(valid_BT), 1)
-  return jnp.sum(jnp.where(valid_BT, nll_BT, 0.0)) / count
+  return jnp.where(valid_BT, nll_BT, 0.0)
+
+
+def cross_entropy_loss(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+  """Mean token cross-entropy in fp32, skipping targets equal to -1."""
+  count = jnp.maximum(jnp.sum(targets_BT != -1), 1)
+  return jnp.sum(token_nll(logits_BTV, targets_BT)) / count

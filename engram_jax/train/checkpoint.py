@@ -1,6 +1,6 @@
 """Orbax checkpoints of the full train state, data position and run metadata.
 
-Each checkpoint step holds three items:
+Each checkpoint step contains three items:
   state  params, optimiser state and step (sharded arrays, restorable onto any mesh)
   data   the training iterator's state (JSON; identical on every process,
          because every process walks the same global row order)
@@ -89,11 +89,18 @@ def _warn_schedule_change(saved_meta: dict, meta: dict) -> None:
         "at the resumed step.", saved, current, current)
 
 
+def sharded_target(abstract_state, shardings):
+  """Shape structs that tell orbax where each restored array goes."""
+  return jax.tree.map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract_state, shardings)
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict, state_shardings: dict,
                    meta: dict):
   """Restore the newest committed step onto the given shardings.
 
-  Returns (step, state, data_state), or None when the directory holds no
+  Returns (step, state, data_state), or None when the directory contains no
   committed checkpoint.
   """
   step = manager.latest_step()
@@ -102,9 +109,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict, state_s
   saved_meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   check_compatible(saved_meta, meta, manager.directory)
   _warn_schedule_change(saved_meta, meta)
-  target = jax.tree.map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract_state, state_shardings)
+  target = sharded_target(abstract_state, state_shardings)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
 
 from engram_jax import hashing
 from engram_jax import tokenizer as tokenizer_lib
@@ -80,21 +81,11 @@ def load_pretrained(workdir: str, *, step: int | None = None) -> Pretrained:
 
   mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
   tx = optimizer.build_optimizer(cfg, state_lib.abstract_params(cfg, table_rows))
-  abstract_state = jax.eval_shape(lambda: _init_state(cfg, table_rows, tx))
-  shardings = state_lib.state_shardings(abstract_state, mesh)
-  target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                        abstract_state, shardings)
+  abstract_state = jax.eval_shape(lambda: state_lib.init_state(cfg, table_rows, tx, 0))
+  target = ckpt_lib.sharded_target(abstract_state, state_lib.state_shardings(abstract_state, mesh))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  graphdef = state_lib.model_graphdef(cfg, table_rows)
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(graphdef, restored["state"]["params"])
+  model = nnx.merge(state_lib.model_graphdef(cfg, table_rows), restored["state"]["params"])
   byte_lengths = np.asarray(tokenizer_lib.load_byte_lengths(tok_dir, tok, "raw"), np.int32)
   logging.info("[load] %s step %d from %s", cfg.name, step, workdir)
   return Pretrained(cfg, model, tok, cmap, layout, byte_lengths, step, workdir)
 
-
-def _init_state(cfg, table_rows, tx):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  params = state_lib.abstract_params(cfg, table_rows)
-  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}

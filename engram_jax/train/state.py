@@ -61,14 +61,16 @@ def opt_state_shardings(abstract_opt_state, param_specs: dict[str, tuple], mesh)
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_opt_state)
 
 
+def init_state(cfg, table_rows, tx, seed: int) -> dict:
+  """Build a fresh train state; run it under jit or jax.eval_shape."""
+  model = GPT(cfg, engram_table_rows=table_rows, rngs=nnx.Rngs(seed))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
 def create_train_state(cfg, table_rows, tx, mesh, *, seed: int) -> tuple[dict, TrainSetup]:
   """Initialise the model and optimiser directly into their shardings."""
-
-  def init_fn():
-    model = GPT(cfg, engram_table_rows=table_rows, rngs=nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
+  init_fn = lambda: init_state(cfg, table_rows, tx, seed)
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(abstract_state, mesh)
   graphdef = model_graphdef(cfg, table_rows)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from engram_jax.model.gpt import ShardingContext
+from engram_jax.model.gpt import ShardingContext, cross_entropy_loss, token_nll
 from engram_jax.train import mesh as mesh_lib
 from engram_jax.train.state import TrainSetup
 
@@ -22,20 +22,10 @@ def _sharding_context(setup: TrainSetup) -> ShardingContext:
   return ShardingContext(mesh=setup.mesh, table_axis="table", batch_axes=mesh_lib.BATCH_AXES)
 
 
-def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-  """Per-token negative log-likelihood in fp32; 0 where the target is -1."""
-  valid_BT = targets_BT != -1
-  safe_BT = jnp.where(valid_BT, targets_BT, 0)
-  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  nll_BT = -jnp.take_along_axis(logp_BTV, safe_BT[..., None], axis=-1)[..., 0]
-  return jnp.where(valid_BT, nll_BT, 0.0)
-
-
 def _mean_loss(setup: TrainSetup, params, batch) -> jax.Array:
   model = setup.merge(params)
   logits_BTV = model(batch["inputs"], batch.get("engram_rows"), sharding=_sharding_context(setup))
-  valid = jnp.sum(batch["targets"] != -1)
-  return jnp.sum(token_nll(logits_BTV, batch["targets"])) / jnp.maximum(valid, 1)
+  return cross_entropy_loss(logits_BTV, batch["targets"])
 
 
 def train_step(setup: TrainSetup, state: dict, batch: dict) -> tuple[dict, dict]:
