@@ -58,8 +58,11 @@ def data_dir(pre: Pretrained) -> str:
   return pre.cfg.data.dir or os.path.join(pre.workdir, "data")
 
 
-def load_validation(pre: Pretrained, *, eval_tokens: int, batch_rows: int) -> ValidationSet:
-  """Read the first validation rows of the model's data directory, about `eval_tokens` targets."""
+def load_validation(pre: Pretrained, *, eval_tokens: int | None, batch_rows: int) -> ValidationSet:
+  """Read the first validation rows of the model's data directory, about `eval_tokens` targets.
+
+  None reads every whole batch of the validation split.
+  """
   batches, tokens = pipeline.val_batches(
       data_dir(pre), seq_len=pre.cfg.model.sequence_len, batch_rows=batch_rows,
       max_tokens=eval_tokens, canonical_map=pre.canonical_map.raw_to_canonical, layout=pre.layout)

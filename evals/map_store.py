@@ -17,12 +17,16 @@ from collections.abc import Sequence
 from absl import logging
 
 from engram_jax.memory import joint_opt, load_map, model_fingerprint, save_map, writers
-from engram_jax.memory.facts import encode_facts
+from engram_jax.memory.facts import encode_facts, order_heads
 from engram_jax.memory.maps import OverrideMap
 from engram_jax.train.pretrained import Pretrained
 from engram_jax.users import User, fact_prompts
 
 STRATEGIES = ("random", "unembed_p", "opt", "joint_opt")
+# Hash heads written at the positions after the trigger (answer tokens): "all" heads, the
+# highest n-gram "order" heads (default; half the rows of "all" at N=3), or "none".
+CONTINUATIONS = ("all", "order", "none")
+VALUE_DTYPES = ("float32", "bfloat16")
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
@@ -80,14 +84,23 @@ def _fixed_writer(strategy: str):
           "opt": writers.write_opt}[strategy]
 
 
+def continuation_heads(pre: Pretrained, continuation: str) -> tuple[int, ...] | None:
+  """Heads written after the trigger for a CONTINUATIONS choice (None: every head)."""
+  if continuation not in CONTINUATIONS:
+    raise ValueError(f"continuation={continuation!r} is not one of {list(CONTINUATIONS)}.")
+  if continuation == "all":
+    return None
+  return () if continuation == "none" else tuple(order_heads(pre.layout, pre.layout.max_ngram))
+
+
 def _write_per_user(pre: Pretrained, strategy: str, seed: int, examples_by_user, fingerprint,
-                    multi_trigger: bool) -> dict[str, OverrideMap]:
+                    multi_trigger: bool, heads) -> dict[str, OverrideMap]:
   """Writers without a seed: each user's map on its own, timed with wall-clock seconds."""
   out = {}
   for uid, examples in examples_by_user.items():
     start = time.perf_counter()
     m = _fixed_writer(strategy)(pre.model, examples, pre.layout, pre.canonical_map,
-                                model_fingerprint=fingerprint)
+                                model_fingerprint=fingerprint, continuation_heads=heads)
     seconds = time.perf_counter() - start
     # NOTE: these seconds include any compilation the writer triggers (OPT compiles per shape).
     out[uid] = _with_write_record(m, seed=seed, seconds=seconds, multi_trigger=multi_trigger,
@@ -96,11 +109,12 @@ def _write_per_user(pre: Pretrained, strategy: str, seed: int, examples_by_user,
 
 
 def _write_joint(pre: Pretrained, seed: int, examples_by_user, fingerprint, multi_trigger: bool,
-                 settings: joint_opt.JointOptSettings) -> dict[str, OverrideMap]:
+                 settings: joint_opt.JointOptSettings, heads, keep_text) -> dict[str, OverrideMap]:
   """Joint OPT for all users in one compiled program; each user is charged its share of the time."""
   results = joint_opt.write_joint_opt_users(
       pre.model, list(examples_by_user.values()), pre.layout, pre.canonical_map,
-      model_fingerprint=fingerprint, settings=dataclasses.replace(settings, seed=seed))
+      model_fingerprint=fingerprint, settings=dataclasses.replace(settings, seed=seed),
+      continuation_heads=heads, keep_text=keep_text)
   out = {}
   for uid, (m, stats) in zip(examples_by_user, results):
     out[uid] = _with_write_record(
@@ -113,11 +127,19 @@ def _write_joint(pre: Pretrained, seed: int, examples_by_user, fingerprint, mult
 def write_maps(pre: Pretrained, users: Sequence[User], *, strategies: Sequence[str],
                seeds: Sequence[int], maps_dir: str | pathlib.Path, multi_trigger: bool = False,
                joint_settings: joint_opt.JointOptSettings = joint_opt.JointOptSettings(),
+               continuation: str = "order", value_dtype: str = "bfloat16", keep_text=None,
                overwrite: bool = False) -> dict[str, dict[int, dict[str, OverrideMap]]]:
-  """Write and save every (strategy, seed, user) map; return {strategy: {seed: {uid: map}}}."""
+  """Write and save every (strategy, seed, user) map; return {strategy: {seed: {uid: map}}}.
+
+  Values are trained in float32 and stored as `value_dtype`; the returned maps
+  are the stored ones. `keep_text` (raw token ids) feeds Joint OPT's keep term.
+  """
   unknown = [s for s in strategies if s not in STRATEGIES]
   if unknown or not strategies:
     raise ValueError(f"Unknown or no strategies {unknown or list(strategies)}; use some of {list(STRATEGIES)}.")
+  if value_dtype not in VALUE_DTYPES:
+    raise ValueError(f"value_dtype={value_dtype!r} is not one of {list(VALUE_DTYPES)}.")
+  heads = continuation_heads(pre, continuation)
   if not users:
     raise ValueError("No users were given; pass a user file or directory.")
   fingerprint = model_fingerprint(pre.cfg, pre.tokenizer.fingerprint, pre.layout)
@@ -128,9 +150,12 @@ def write_maps(pre: Pretrained, users: Sequence[User], *, strategies: Sequence[s
     for seed in seeds:
       start = time.perf_counter()
       if strategy == "joint_opt":
-        maps = _write_joint(pre, seed, examples_by_user, fingerprint, multi_trigger, joint_settings)
+        maps = _write_joint(pre, seed, examples_by_user, fingerprint, multi_trigger, joint_settings,
+                            heads, keep_text)
       else:
-        maps = _write_per_user(pre, strategy, seed, examples_by_user, fingerprint, multi_trigger)
+        maps = _write_per_user(pre, strategy, seed, examples_by_user, fingerprint, multi_trigger,
+                               heads)
+      maps = {uid: m.to_dtype(value_dtype) for uid, m in maps.items()}
       for uid, m in maps.items():
         save_map(map_path(maps_dir, strategy, seed, uid), m, overwrite=overwrite)
       runs.setdefault(strategy, {})[seed] = maps
@@ -151,14 +176,18 @@ def parse_seeds(values: Sequence[str]) -> list[int]:
   return seeds
 
 
-def joint_settings(max_steps: int | None = None,
-                   learning_rate: float | None = None) -> joint_opt.JointOptSettings:
+def joint_settings(max_steps: int | None = None, learning_rate: float | None = None,
+                   keep_weight: float | None = None) -> joint_opt.JointOptSettings:
   """Joint OPT defaults with the given fields replaced (None keeps the default)."""
-  changes = {}
-  if max_steps is not None:
-    changes["max_steps"] = max_steps
-  if learning_rate is not None:
-    changes["learning_rate"] = learning_rate
-  return dataclasses.replace(joint_opt.JointOptSettings(), **changes)
+  changes = {"max_steps": max_steps, "learning_rate": learning_rate, "keep_weight": keep_weight}
+  return dataclasses.replace(joint_opt.JointOptSettings(),
+                             **{k: v for k, v in changes.items() if v is not None})
 
 
+def keep_text_for(pre: Pretrained, settings: joint_opt.JointOptSettings, tokens: int):
+  """Raw train-split tokens for the keep term, or None when settings.keep_weight is 0."""
+  if settings.keep_weight == 0:
+    return None
+  from engram_jax.memory import keep  # pylint: disable=g-import-not-at-top
+  from evals.locality import data_dir  # pylint: disable=g-import-not-at-top
+  return keep.train_text(data_dir(pre), tokens)

@@ -58,7 +58,7 @@ DEFINITIONS = {
 class EvalSettings:
   """Batch sizes and the validation budget of one evaluation."""
   batch_size: int = 32  # probes per forward pass
-  eval_tokens: int = 16_384  # validation target tokens for Δbpb
+  eval_tokens: int | None = None  # validation target tokens for Δbpb; None: the whole split
   val_batch_rows: int = 8  # validation rows per forward pass
   include_base: bool = True  # add the bare model as strategy "none"
 
@@ -222,7 +222,7 @@ def evaluate_memory(pre: Pretrained, users: Sequence[User],
   return report, seed_results
 
 
-def run_evaluation(pre, users, runs, *, out_dir, eval_tokens: int, batch_size: int,
+def run_evaluation(pre, users, runs, *, out_dir, eval_tokens: int | None, batch_size: int,
                    include_base: bool = True, extra: dict | None = None) -> dict:
   """Evaluate `runs` ({strategy: {seed: {uid: map}}}) and write the report files into `out_dir`.
 

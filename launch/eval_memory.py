@@ -23,7 +23,8 @@ _MAPS_DIR = flags.DEFINE_string("maps_dir", None, "Map directory (default <workd
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Report directory (default <workdir>/eval).")
 _STRATEGIES = flags.DEFINE_list("strategies", None, "Strategies to evaluate (default: all found).")
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds to evaluate (default: all found).")
-_EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 16_384, "Validation target tokens for Δbpb.")
+_EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", None,
+                                    "Validation target tokens for Δbpb (default: the whole split).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Probes per forward pass.")
 _NO_BASE = flags.DEFINE_bool("skip_base", False, "Leave out the bare-model reference row.")
 

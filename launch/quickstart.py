@@ -40,9 +40,15 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Writing seeds.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["joint_opt", "unembed_p", "random"],
                                 f"Writers, from {list(map_store.STRATEGIES)}.")
 _PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", None, "Override train.num_iterations (reduced budgets).")
-_EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 8192, "Validation target tokens for Δbpb.")
+_EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", None,
+                                    "Validation target tokens for Δbpb (default: the whole split).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Probes per evaluation forward pass.")
 _JOINT_MAX_STEPS = flags.DEFINE_integer("joint_max_steps", None, "Joint OPT step limit (default: its own).")
+_CONTINUATION = flags.DEFINE_enum(
+    "continuation", "order", list(map_store.CONTINUATIONS),
+    "Heads written at answer positions after the trigger: all, the highest n-gram order, or none.")
+_VALUE_DTYPE = flags.DEFINE_enum("value_dtype", "bfloat16", list(map_store.VALUE_DTYPES),
+                                 "Stored dtype of map values (training is float32).")
 
 
 class _Stages:
@@ -128,7 +134,8 @@ def main(argv):
   if (out / "maps").exists():
     shutil.rmtree(out / "maps")
   runs = stages.run("write", map_store.write_maps, pre, users, strategies=_STRATEGIES.value,
-                    seeds=seeds, maps_dir=out / "maps", joint_settings=joint, overwrite=True)
+                    seeds=seeds, maps_dir=out / "maps", joint_settings=joint,
+                    continuation=_CONTINUATION.value, value_dtype=_VALUE_DTYPE.value, overwrite=True)
   report = stages.run("eval", memory_eval.run_evaluation, pre, users, runs, out_dir=out,
                       eval_tokens=_EVAL_TOKENS.value, batch_size=_BATCH_SIZE.value,
                       extra={"stage_seconds": dict(stages.seconds)})

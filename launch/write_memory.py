@@ -22,6 +22,14 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Writing seeds (Joint OPT m
 _MULTI_TRIGGER = flags.DEFINE_bool("multi_trigger", False, "Write every anticipated phrasing of a fact.")
 _JOINT_MAX_STEPS = flags.DEFINE_integer("joint_max_steps", None, "Joint OPT step limit (default: its own).")
 _JOINT_LR = flags.DEFINE_float("joint_learning_rate", None, "Joint OPT Adam learning rate (default: its own).")
+_CONTINUATION = flags.DEFINE_enum(
+    "continuation", "order", list(map_store.CONTINUATIONS),
+    "Heads written at answer positions after the trigger: all, the highest n-gram order, or none.")
+_VALUE_DTYPE = flags.DEFINE_enum("value_dtype", "bfloat16", list(map_store.VALUE_DTYPES),
+                                 "Stored dtype of map values (training is float32).")
+_KEEP_WEIGHT = flags.DEFINE_float("keep_weight", None,
+                                  "Joint OPT keep-term weight (default 0: off; needs the run's data).")
+_KEEP_TOKENS = flags.DEFINE_integer("keep_tokens", 262_144, "Train-split tokens to draw keep windows from.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace map files that differ from the new ones.")
 
 
@@ -39,10 +47,11 @@ def main(argv):
   pre = load_pretrained(_WORKDIR.value)
   users = load_users(_USERS.value)
   maps_dir = _MAPS_DIR.value or str(pathlib.Path(_WORKDIR.value) / "memory")
+  joint = map_store.joint_settings(_JOINT_MAX_STEPS.value, _JOINT_LR.value, _KEEP_WEIGHT.value)
   map_store.write_maps(
       pre, users, strategies=_STRATEGIES.value, seeds=seeds, maps_dir=maps_dir,
-      multi_trigger=_MULTI_TRIGGER.value,
-      joint_settings=map_store.joint_settings(_JOINT_MAX_STEPS.value, _JOINT_LR.value),
+      multi_trigger=_MULTI_TRIGGER.value, joint_settings=joint, continuation=_CONTINUATION.value,
+      value_dtype=_VALUE_DTYPE.value, keep_text=map_store.keep_text_for(pre, joint, _KEEP_TOKENS.value),
       overwrite=_OVERWRITE.value)
   logging.info("[write] maps in %s", maps_dir)
 

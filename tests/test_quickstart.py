@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from engram_jax.memory import load_map
 from engram_jax.users import persona_documents
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -93,10 +94,29 @@ def commands(quickstart, tmp_path_factory):
   evaluate = [sys.executable, "-m", "launch.eval_memory", f"--workdir={workdir}", f"--users={users}",
               f"--maps_dir={out / 'maps'}", f"--out_dir={out / 'eval'}", "--eval_tokens=2048",
               "--skip_base"]
-  for command in (write, evaluate):
+  keep = [sys.executable, "-m", "launch.write_memory", f"--workdir={workdir}", f"--users={users}",
+          f"--maps_dir={out / 'kept'}", "--strategies=joint_opt", "--seeds=0", "--keep_weight=1",
+          "--keep_tokens=4096", "--value_dtype=float32", "--continuation=all",
+          "--joint_max_steps=8"]
+  for command in (keep, write, evaluate):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
   return out, result.stdout
+
+
+def test_quickstart_maps_stored_as_bfloat16(quickstart):
+  m = load_map(quickstart / "maps" / "joint_opt" / "seed0" / "s0000.safetensors")
+  assert m.value_dtype == "bfloat16"
+
+
+def test_write_command_float32_values(commands):
+  m = load_map(commands[0] / "kept" / "joint_opt" / "seed0" / "s0000.safetensors")
+  assert m.value_dtype == "float32"
+
+
+def test_write_command_keep_term_recorded(commands):
+  m = load_map(commands[0] / "kept" / "joint_opt" / "seed0" / "s0000.safetensors")
+  assert m.settings["keep_weight"] == 1.0 and m.settings["keep_hits"] > 0
 
 
 def test_eval_command_prints_table(commands):

@@ -244,18 +244,20 @@ class ValBatches(collections.abc.Sequence):
     return batch
 
 
-def val_batches(data_dir: str | os.PathLike, *, seq_len: int, batch_rows: int, max_tokens: int,
-                canonical_map: Any, layout: hashing.HashLayout | None, synthetic_bos: bool = True,
-                reset_at_bos: bool = False) -> tuple[ValBatches, int]:
+def val_batches(data_dir: str | os.PathLike, *, seq_len: int, batch_rows: int,
+                max_tokens: int | None, canonical_map: Any, layout: hashing.HashLayout | None,
+                synthetic_bos: bool = True, reset_at_bos: bool = False) -> tuple[ValBatches, int]:
   """Return (fixed validation batches, target tokens they cover).
 
-  The batches cover at most `max_tokens` target tokens in whole batches. With
-  fewer rows in the val split than that, all its whole batches are used and
-  the real count is logged.
+  The batches cover at most `max_tokens` target tokens in whole batches
+  (None: the whole split). With fewer rows in the val split than that, all
+  its whole batches are used and the real count is logged.
   """
-  _check_positive(batch_rows=batch_rows, max_tokens=max_tokens)
+  _check_positive(batch_rows=batch_rows, max_tokens=1 if max_tokens is None else max_tokens)
   split = PackedSplit(data_dir, "val", seq_len, synthetic_bos=synthetic_bos)
   hasher = _make_hasher(canonical_map, layout, split, reset_at_bos)
+  if max_tokens is None:
+    max_tokens = split.num_rows * seq_len
   rows = min(split.num_rows, max_tokens // seq_len)
   num_batches = rows // batch_rows
   if num_batches == 0:

@@ -21,10 +21,12 @@ from absl import logging
 from flax import nnx
 
 from engram_jax.memory import forward
-from engram_jax.model.overrides import RowOverrides
+from engram_jax.memory import keep as keep_lib
+from engram_jax.model.overrides import UNUSED_ROW, RowOverrides
 
 SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("epoch", "replacement")
+INITS = ("unembed_p", "table")
 # Compiled programs kept by `run_compiled`, one per shape signature and settings.
 _CACHE_SIZE = 16
 _compiled: dict[Any, Any] = {}
@@ -58,6 +60,18 @@ class JointOptSettings:
   seed: int = 0  # minibatch sampling
   eval_batch: int = 64  # examples per chunk of the recall check
   reference_schedule: bool = False  # see `effective`
+  # Keep term (engram_jax.memory.keep): loss += keep_weight * KL on natural-text windows where
+  # the user's rows are read. It needs keep text passed to the writer; 0 disables it.
+  keep_weight: float = 0.0
+  # "unembed_p": rows start at the mean UNEMBED_P slice (the reference); "table": rows start at
+  # their pretrained values, so rows that other n-grams also read keep their content at first.
+  init: str = "table"
+  # loss += anchor_weight * mean over managed rows of ||value - pretrained value||^2 / W, which
+  # favours spreading a fact over the rows that fire together and keeps each row near its
+  # pretrained value for the n-grams that share it; 0 disables it.
+  anchor_weight: float = 1e-4
+  keep_batch: int = 16  # keep windows per step
+  keep: keep_lib.KeepSettings = keep_lib.KeepSettings()
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES or self.sampling not in SAMPLINGS:
@@ -65,7 +79,13 @@ class JointOptSettings:
                        f"sampling={self.sampling!r} one of {SAMPLINGS}.")
     if self.loss_tokens not in ("all", "first"):
       raise ValueError(f"loss_tokens={self.loss_tokens!r} is not supported; use 'all' or 'first'.")
+    if self.keep_weight < 0 or self.anchor_weight < 0:
+      raise ValueError(f"keep_weight={self.keep_weight} and anchor_weight={self.anchor_weight} "
+                       "must be >= 0 (0 disables the term).")
+    if self.init not in INITS:
+      raise ValueError(f"init={self.init!r} is not supported; use one of {INITS}.")
     positive = {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "keep_batch": self.keep_batch,
                 "eval_batch": self.eval_batch, "check_every": self.check_every or 1,
                 "patience": self.patience or 1}
     bad = {name: value for name, value in positive.items() if value <= 0}
@@ -79,14 +99,15 @@ class JointOptSettings:
     """Return the settings a run uses, which differ only with `reference_schedule`.
 
     The reference schedule is batch 1 sampled with replacement, Adam at a
-    constant lr 0.5 and exactly `max_steps` steps without early stopping.
-    Other fields are kept.
+    constant lr 0.5 and exactly `max_steps` steps without early stopping,
+    from UNEMBED_P values with no anchor or keep term. Other fields are kept.
     """
     if not self.reference_schedule:
       return self
     return dataclasses.replace(
         self, learning_rate=0.5, schedule="constant", warmup_steps=0, batch_size=1,
-        sampling="replacement", early_stop=False)
+        sampling="replacement", early_stop=False, init="unembed_p", anchor_weight=0.0,
+        keep_weight=0.0)
 
 
 class Problem(NamedTuple):
@@ -96,6 +117,8 @@ class Problem(NamedTuple):
   num_examples: jax.Array  # int32 scalar, real examples
   rows_R: jax.Array  # int32 managed rows, ascending, UNUSED_ROW padding
   init_RW: jax.Array  # float32 initial values (0 in padding)
+  anchor_RW: jax.Array | None = None  # float32 pretrained values of the rows (0 in padding)
+  keep: keep_lib.KeepCache | None = None  # keep windows, None without a keep term
 
 
 class Outcome(NamedTuple):
@@ -244,15 +267,30 @@ def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, la
   b = jnp.minimum(settings.batch_size, n)
   N = problem.example_mask_N.shape[0]
 
-  def batch_loss(values_RW, index_S, valid_S):
+  keep_key = jax.random.fold_in(jax.random.key(settings.seed), 0x7FFFFFFF)  # apart from epoch keys
+
+  def batch_loss(values_RW, index_S, valid_S, step):
     nll, count, _ = _answer_terms(model, problem, values_RW, index_S, valid_S, settings, layer,
                                   sizes.train_tokens, all_tokens=False)
-    return nll / jnp.maximum(count, 1)
+    loss = nll / jnp.maximum(count, 1)
+    if settings.anchor_weight > 0:
+      real_R = problem.rows_R != UNUSED_ROW
+      squares_R = jnp.sum(jnp.square(values_RW - problem.anchor_RW), axis=-1) * real_R
+      loss += settings.anchor_weight * jnp.sum(squares_R) / (
+          jnp.maximum(jnp.sum(real_R), 1) * values_RW.shape[-1])
+    if problem.keep is None or settings.keep_weight == 0:
+      return loss
+    windows = problem.keep.ids_MT.shape[0]
+    index_K = jax.random.randint(jax.random.fold_in(keep_key, step), (settings.keep_batch,), 0,
+                                 windows)
+    overrides = _overrides(problem.rows_R, values_RW, settings.keep_batch)
+    return loss + settings.keep_weight * keep_lib.keep_loss(
+        model, problem.keep, index_K, overrides, layer, settings.keep.before)
 
   def one_step(carry):
     step, values_RW, opt_state = carry
     index_S, valid_S = sample_batch(key, step, n, b, sizes.slots, N, settings.sampling)
-    grads_RW = jax.grad(batch_loss)(values_RW, index_S, valid_S)
+    grads_RW = jax.grad(batch_loss)(values_RW, index_S, valid_S, step)
     updates, opt_state = tx.update(grads_RW, opt_state, values_RW)
     return step + 1, optax.apply_updates(values_RW, updates), opt_state
 

@@ -64,6 +64,7 @@ from engram_jax.hashing import HashLayout
 from engram_jax.memory import facts as facts_lib
 from engram_jax.memory import forward
 from engram_jax.memory import joint_loop
+from engram_jax.memory import keep as keep_lib
 from engram_jax.memory import maps
 from engram_jax.memory import writers
 from engram_jax.model.gpt import GPT
@@ -98,6 +99,9 @@ class _UserData(NamedTuple):
   batch: forward.FactBatch
   rows_R: np.ndarray
   init_RW: np.ndarray
+  anchor_RW: np.ndarray  # pretrained values of the rows
+  keep: keep_lib.KeepCache | None = None
+  keep_hits: int = 0  # keep-text positions that read one of the rows
 
 
 def managed_rows(model: GPT, examples: Sequence[facts_lib.FactExample], layout: HashLayout,
@@ -166,30 +170,54 @@ def _row_slots(num_rows: int) -> int:
 
 
 def _prepare(model, examples, layout, canonical_map, layer, continuation_heads, settings,
-             shapes) -> _UserData:
+             shapes, keep_text: keep_lib.KeepText | None) -> _UserData:
   rows_R, init_RW = managed_rows(
       model, examples, layout, canonical_map, layer, continuation_heads, settings.scale)
+  anchor_RW = np.asarray(model.blocks[layer].engram.table[...][jnp.asarray(rows_R)], np.float32)
+  if settings.init == "table":
+    init_RW = anchor_RW
   batch = forward.build_fact_batch(
       examples, layout, canonical_map, num_examples=shapes["num_examples"],
       length=shapes["length"], answer_slots=shapes["answer_slots"])
-  return _UserData(batch, rows_R, init_RW)
+  if keep_text is None:
+    return _UserData(batch, rows_R, init_RW, anchor_RW)
+  bos_id = examples[0].prompt_ids[0]
+  cache, hits = keep_lib.build_cache(model, keep_text, rows_R, layout, canonical_map, layer,
+                                     settings.keep, bos_id)
+  return _UserData(batch, rows_R, init_RW, anchor_RW, cache, hits)
 
 
-def _padded_rows(data: _UserData, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _keep_text(keep_text, settings, layout, canonical_map, layer) -> keep_lib.KeepText | None:
+  """Hash raw keep text once for all users; None when the keep term is off."""
+  if settings.keep_weight == 0:
+    return None
+  if keep_text is None:
+    raise ValueError(
+        f"keep_weight={settings.keep_weight} needs keep text: pass keep_text (for example "
+        "engram_jax.memory.keep.train_text(data_dir, tokens)) or set keep_weight=0.")
+  if isinstance(keep_text, keep_lib.KeepText):
+    return keep_text
+  return keep_lib.keep_text(keep_text, layout, canonical_map, layer)
+
+
+def _padded_rows(data: _UserData, num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   rows_R = np.full(num_rows, UNUSED_ROW, np.int32)
   init_RW = np.zeros((num_rows, data.init_RW.shape[1]), np.float32)
+  anchor_RW = np.zeros_like(init_RW)
   rows_R[:data.rows_R.size] = data.rows_R
   init_RW[:data.rows_R.size] = data.init_RW
-  return rows_R, init_RW
+  anchor_RW[:data.rows_R.size] = data.anchor_RW
+  return rows_R, init_RW, anchor_RW
 
 
 def _problem(model, data: _UserData, num_examples: int, num_rows: int, layer: int):
-  rows_R, init_RW = _padded_rows(data, num_rows)
+  rows_R, init_RW, anchor_RW = _padded_rows(data, num_rows)
   return joint_loop.Problem(
       cache=forward.compute_prefix(model, data.batch, layer),
       example_mask_N=jnp.asarray(data.batch.example_mask_N),
       num_examples=jnp.asarray(num_examples, jnp.int32),
-      rows_R=jnp.asarray(rows_R), init_RW=jnp.asarray(init_RW))
+      rows_R=jnp.asarray(rows_R), init_RW=jnp.asarray(init_RW), anchor_RW=jnp.asarray(anchor_RW),
+      keep=data.keep)
 
 
 def _check_examples(users_examples) -> None:
@@ -202,15 +230,17 @@ def _check_examples(users_examples) -> None:
 
 
 def _write(model, users_examples, layout, canonical_map, *, model_fingerprint, settings, layer,
-           continuation_heads, vmapped: bool) -> list[tuple[maps.OverrideMap, JointOptStats]]:
+           continuation_heads, keep_text, vmapped: bool
+           ) -> list[tuple[maps.OverrideMap, JointOptStats]]:
   """Train every user of `users_examples` in one compiled program (vmapped over users or not)."""
   start = time.perf_counter()
   layer = writers.target_layer(model, layer)
   effective = settings.effective()
   shapes = _shapes(users_examples, effective)
   forward.check_length(model, shapes["length"])
+  keep_text = _keep_text(keep_text, effective, layout, canonical_map, layer)
   datas = [_prepare(model, examples, layout, canonical_map, layer, continuation_heads,
-                    effective, shapes) for examples in users_examples]
+                    effective, shapes, keep_text) for examples in users_examples]
   num_rows = _row_slots(max(d.rows_R.size for d in datas))
   problems = [_problem(model, d, len(examples), num_rows, layer)
               for d, examples in zip(datas, users_examples)]
@@ -239,19 +269,23 @@ def write_joint_opt_users(
     model: GPT, users_examples: Sequence[Sequence[facts_lib.FactExample]], layout: HashLayout,
     canonical_map: Any, *, model_fingerprint: str, settings: JointOptSettings = JointOptSettings(),
     layer: int | None = None, continuation_heads: Sequence[int] | None = None,
-    batched: bool = True, users_per_program: int | None = None
+    batched: bool = True, users_per_program: int | None = None,
+    keep_text: np.ndarray | keep_lib.KeepText | None = None
     ) -> list[tuple[maps.OverrideMap, JointOptStats]]:
   """Train one Joint OPT map per user, in user order.
 
   With `batched`, users train together in compiled programs of at most
   `users_per_program` users (None: all at once), which bounds device memory.
-  Without it, each user trains alone.
+  Without it, each user trains alone. `keep_text` (raw token ids of natural
+  text, or a hashed KeepText) feeds the keep term when settings.keep_weight > 0.
   """
   _check_examples(users_examples)
   if users_per_program is not None and users_per_program < 1:
     raise ValueError(f"users_per_program={users_per_program} must be positive or None.")
+  keep_text = _keep_text(keep_text, settings.effective(), layout, canonical_map,
+                         writers.target_layer(model, layer))
   kwargs = dict(model_fingerprint=model_fingerprint, settings=settings, layer=layer,
-                continuation_heads=continuation_heads)
+                continuation_heads=continuation_heads, keep_text=keep_text)
   if not batched:
     return [_write(model, [examples], layout, canonical_map, vmapped=False, **kwargs)[0]
             for examples in users_examples]
@@ -266,13 +300,14 @@ def write_joint_opt_users(
 def write_joint_opt(model: GPT, examples: Sequence[facts_lib.FactExample], layout: HashLayout,
                     canonical_map: Any, *, model_fingerprint: str,
                     settings: JointOptSettings = JointOptSettings(), layer: int | None = None,
-                    continuation_heads: Sequence[int] | None = None
+                    continuation_heads: Sequence[int] | None = None,
+                    keep_text: np.ndarray | keep_lib.KeepText | None = None
                     ) -> tuple[maps.OverrideMap, JointOptStats]:
   """Train one user's facts into one override map; return it with the run's stats."""
   _check_examples([examples])
   return _write(model, [examples], layout, canonical_map, model_fingerprint=model_fingerprint,
                 settings=settings, layer=layer, continuation_heads=continuation_heads,
-                vmapped=False)[0]
+                keep_text=keep_text, vmapped=False)[0]
 
 
 def _finish(examples, data: _UserData, outcome: joint_loop.Outcome, layer, continuation_heads,
@@ -280,7 +315,7 @@ def _finish(examples, data: _UserData, outcome: joint_loop.Outcome, layer, conti
   num_rows = data.rows_R.size
   heads = None if continuation_heads is None else list(continuation_heads)
   record = dict(dataclasses.asdict(settings), continuation_heads=heads,
-                num_examples=len(examples))
+                num_examples=len(examples), keep_hits=data.keep_hits)
   result = maps.make_map(
       layer, data.rows_R, outcome.values_RW[:num_rows], owner=writers.map_owner(examples),
       fact_keys=writers.fact_keys(examples), strategy="joint_opt", settings=record,
