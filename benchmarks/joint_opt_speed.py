@@ -7,16 +7,18 @@ Without --checkpoint_dir it needs no prior run: it trains a BPE tokenizer on
 generated persona documents, builds a freshly initialised tiny model and
 writes the facts of the first generated user with at least --min_facts facts.
 
-Both methods manage the same rows with the same UNEMBED_P initial values and
-train the same loss (cross-entropy over all answer tokens by default).
-* reference: the reference's schedule and execution. Batch 1 sampled with
+Both methods manage the same rows and train the same fact loss
+(cross-entropy over all answer tokens by default).
+* reference: the reference's schedule and execution, from UNEMBED_P
+  initial values with no anchor term. Batch 1 sampled with
   replacement, Adam at a constant lr 0.5, --reference_steps steps, the full
   forward pass at every step (no activation reuse), and a Python loop that
   calls a jitted step and reads the loss every step (one host sync per step).
   Each example runs at its exact length.
-* ours @ reference recall: write_joint_opt with the default schedule and
-  early stopping at the recall the reference reached (equal or better
-  recall by construction).
+* ours @ reference recall: write_joint_opt with the default settings
+  (pretrained initial values and the anchor term included) and early
+  stopping at the recall the reference reached (equal or better recall by
+  construction).
 * ours default: write_joint_opt with the default settings (target recall 1.0,
   patience).
 

@@ -177,9 +177,11 @@ def parse_seeds(values: Sequence[str]) -> list[int]:
 
 
 def joint_settings(max_steps: int | None = None, learning_rate: float | None = None,
-                   keep_weight: float | None = None) -> joint_opt.JointOptSettings:
+                   keep_weight: float | None = None,
+                   anchor_weight: float | None = None) -> joint_opt.JointOptSettings:
   """Joint OPT defaults with the given fields replaced (None keeps the default)."""
-  changes = {"max_steps": max_steps, "learning_rate": learning_rate, "keep_weight": keep_weight}
+  changes = {"max_steps": max_steps, "learning_rate": learning_rate, "keep_weight": keep_weight,
+             "anchor_weight": anchor_weight}
   return dataclasses.replace(joint_opt.JointOptSettings(),
                              **{k: v for k, v in changes.items() if v is not None})
 

@@ -29,6 +29,8 @@ _VALUE_DTYPE = flags.DEFINE_enum("value_dtype", "bfloat16", list(map_store.VALUE
                                  "Stored dtype of map values (training is float32).")
 _KEEP_WEIGHT = flags.DEFINE_float("keep_weight", None,
                                   "Joint OPT keep-term weight (default 0: off; needs the run's data).")
+_ANCHOR_WEIGHT = flags.DEFINE_float(
+    "anchor_weight", None, "Joint OPT pull of each row towards its pretrained value (default 1e-4).")
 _KEEP_TOKENS = flags.DEFINE_integer("keep_tokens", 262_144, "Train-split tokens to draw keep windows from.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace map files that differ from the new ones.")
 
@@ -47,7 +49,8 @@ def main(argv):
   pre = load_pretrained(_WORKDIR.value)
   users = load_users(_USERS.value)
   maps_dir = _MAPS_DIR.value or str(pathlib.Path(_WORKDIR.value) / "memory")
-  joint = map_store.joint_settings(_JOINT_MAX_STEPS.value, _JOINT_LR.value, _KEEP_WEIGHT.value)
+  joint = map_store.joint_settings(_JOINT_MAX_STEPS.value, _JOINT_LR.value, _KEEP_WEIGHT.value,
+                                   _ANCHOR_WEIGHT.value)
   map_store.write_maps(
       pre, users, strategies=_STRATEGIES.value, seeds=seeds, maps_dir=maps_dir,
       multi_trigger=_MULTI_TRIGGER.value, joint_settings=joint, continuation=_CONTINUATION.value,

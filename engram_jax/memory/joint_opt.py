@@ -43,7 +43,17 @@ reached 0.85 after 1,500 steps.
 NOTE: the schedule is not yet tuned on the d12/d20 reference sizes.
 `JointOptSettings(reference_schedule=True)` reproduces the reference
 schedule: batch 1 sampled with replacement, constant lr 0.5, exactly
-`max_steps` steps, no early stopping.
+`max_steps` steps, no early stopping, UNEMBED_P initial values.
+
+Locality: a managed row is also read by every other n-gram that hashes to it
+(on the tiny model a user's map is read at about a fifth of validation
+positions). By default rows start at their pretrained values (init="table")
+and an anchor term, anchor_weight * mean ||value - pretrained||^2 / W, keeps
+each row close to them, so a fact is spread over the rows that fire together
+at its trigger. On the tiny model (five reference-format users, seed 0,
+order-3 continuation rows) the anchor at 1e-4 moved train recall from 0.946
+to 0.927 and cut Δbpb on natural validation text from 2.3e-3 to 6.8e-4 and
+on persona text from 2.4e-2 to 9.7e-3; 1e-3 cut it to 1.4e-4 at recall 0.45.
 
 Shape letters: U users, N examples, S minibatch slots, R managed rows,
 W row width, C evaluation chunk.
