@@ -178,17 +178,18 @@ def parse_seeds(values: Sequence[str]) -> list[int]:
 
 def joint_settings(max_steps: int | None = None, learning_rate: float | None = None,
                    keep_weight: float | None = None,
-                   anchor_weight: float | None = None) -> joint_opt.JointOptSettings:
+                   anchor_weight: float | None = None,
+                   anchor: str | None = None) -> joint_opt.JointOptSettings:
   """Joint OPT defaults with the given fields replaced (None keeps the default)."""
   changes = {"max_steps": max_steps, "learning_rate": learning_rate, "keep_weight": keep_weight,
-             "anchor_weight": anchor_weight}
+             "anchor_weight": anchor_weight, "anchor": anchor}
   return dataclasses.replace(joint_opt.JointOptSettings(),
                              **{k: v for k, v in changes.items() if v is not None})
 
 
 def keep_text_for(pre: Pretrained, settings: joint_opt.JointOptSettings, tokens: int):
-  """Raw train-split tokens for the keep term, or None when settings.keep_weight is 0."""
-  if settings.keep_weight == 0:
+  """Raw train-split tokens for the keep term and the reads anchor, or None when neither is on."""
+  if settings.keep_weight == 0 and settings.anchor != "reads":
     return None
   from engram_jax.memory import keep  # pylint: disable=g-import-not-at-top
   from evals.locality import data_dir  # pylint: disable=g-import-not-at-top

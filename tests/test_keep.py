@@ -196,3 +196,24 @@ def test_reference_schedule_drops_anchor_and_init():
 def test_bad_init_rejected():
   with pytest.raises(ValueError, match="init"):
     joint_opt.JointOptSettings(init="zeros")
+
+
+def test_row_reads_count_lookups(env):
+  rows = _rows(env)
+  expected = [(env["text"].rows_PG == r).sum() for r in rows]
+  np.testing.assert_array_equal(keep.row_reads(env["text"], rows), expected)
+
+
+def test_reads_anchor_needs_text(env):
+  settings = dataclasses.replace(SETTINGS, anchor="reads")
+  with pytest.raises(ValueError, match="keep text"):
+    joint_opt.write_joint_opt(env["model"], env["examples"], env["layout"], env["canonical_map"],
+                              model_fingerprint=env["fingerprint"], settings=settings)
+
+
+def test_reads_anchor_runs(env):
+  settings = dataclasses.replace(SETTINGS, anchor="reads", max_steps=8)
+  result, _ = joint_opt.write_joint_opt(env["model"], env["examples"], env["layout"],
+                                        env["canonical_map"], model_fingerprint=env["fingerprint"],
+                                        settings=settings, keep_text=env["stream"])
+  assert result.settings["anchor"] == "reads"

@@ -27,6 +27,7 @@ from engram_jax.model.overrides import UNUSED_ROW, RowOverrides
 SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("epoch", "replacement")
 INITS = ("unembed_p", "table")
+ANCHORS = ("uniform", "reads")
 # Compiled programs kept by `run_compiled`, one per shape signature and settings.
 _CACHE_SIZE = 16
 _compiled: dict[Any, Any] = {}
@@ -66,10 +67,13 @@ class JointOptSettings:
   # "unembed_p": rows start at the mean UNEMBED_P slice (the reference); "table": rows start at
   # their pretrained values, so rows that other n-grams also read keep their content at first.
   init: str = "table"
-  # loss += anchor_weight * mean over managed rows of ||value - pretrained value||^2 / W, which
-  # favours spreading a fact over the rows that fire together and keeps each row near its
-  # pretrained value for the n-grams that share it; 0 disables it.
+  # loss += anchor_weight * mean over managed rows of s_r * ||value - pretrained value||^2 / W,
+  # which favours spreading a fact over the rows that fire together and keeps each row near
+  # its pretrained value for the n-grams that share it; 0 disables it. With anchor="uniform"
+  # s_r = 1. With anchor="reads" s_r is proportional to 1 + the row's reads in the keep text
+  # (mean 1 over the user's rows), so rows that other text reads often move least.
   anchor_weight: float = 1e-4
+  anchor: str = "uniform"
   keep_batch: int = 16  # keep windows per step
   keep: keep_lib.KeepSettings = keep_lib.KeepSettings()
 
@@ -82,6 +86,8 @@ class JointOptSettings:
     if self.keep_weight < 0 or self.anchor_weight < 0:
       raise ValueError(f"keep_weight={self.keep_weight} and anchor_weight={self.anchor_weight} "
                        "must be >= 0 (0 disables the term).")
+    if self.anchor not in ANCHORS:
+      raise ValueError(f"anchor={self.anchor!r} is not supported; use one of {ANCHORS}.")
     if self.init not in INITS:
       raise ValueError(f"init={self.init!r} is not supported; use one of {INITS}.")
     positive = {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -118,6 +124,7 @@ class Problem(NamedTuple):
   rows_R: jax.Array  # int32 managed rows, ascending, UNUSED_ROW padding
   init_RW: jax.Array  # float32 initial values (0 in padding)
   anchor_RW: jax.Array | None = None  # float32 pretrained values of the rows (0 in padding)
+  anchor_scale_R: jax.Array | None = None  # float32 per-row anchor scale s_r (0 in padding)
   keep: keep_lib.KeepCache | None = None  # keep windows, None without a keep term
 
 
@@ -275,8 +282,8 @@ def train_user(graphdef, state, problem: Problem, settings: JointOptSettings, la
     loss = nll / jnp.maximum(count, 1)
     if settings.anchor_weight > 0:
       real_R = problem.rows_R != UNUSED_ROW
-      squares_R = jnp.sum(jnp.square(values_RW - problem.anchor_RW), axis=-1) * real_R
-      loss += settings.anchor_weight * jnp.sum(squares_R) / (
+      squares_R = jnp.sum(jnp.square(values_RW - problem.anchor_RW), axis=-1)
+      loss += settings.anchor_weight * jnp.sum(squares_R * problem.anchor_scale_R) / (
           jnp.maximum(jnp.sum(real_R), 1) * values_RW.shape[-1])
     if problem.keep is None or settings.keep_weight == 0:
       return loss

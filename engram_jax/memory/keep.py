@@ -105,6 +105,14 @@ def keep_text(ids_P: np.ndarray, layout: HashLayout, canonical_map: Any, layer: 
   return KeepText(ids_P.astype(np.int32), rows_PG.astype(np.int32))
 
 
+def row_reads(text: KeepText, rows_R: np.ndarray) -> np.ndarray:
+  """Return float64 [R]: how often each of the sorted rows `rows_R` is read in the text."""
+  flat = text.rows_PG.ravel()
+  index = np.minimum(np.searchsorted(rows_R, flat), rows_R.size - 1)
+  found = rows_R[index] == flat
+  return np.bincount(index[found], minlength=rows_R.size).astype(np.float64)
+
+
 def draw_windows(text: KeepText, rows_R: np.ndarray, settings: KeepSettings,
                  bos_id: int) -> tuple[np.ndarray, int]:
   """Return window ids [M, T] around hit positions of `rows_R`, and the number of hit positions.
