@@ -61,12 +61,17 @@ def load_run_maps(pre: Pretrained, maps_dir, users: Sequence[User], *,
   out: dict[str, dict[int, dict[str, OverrideMap]]] = {}
   for strategy in strategies or sorted(found):
     if strategy not in found:
-      raise ValueError(f"No maps for strategy {strategy!r} in {maps_dir}; found {sorted(found)}.")
+      raise ValueError(f"No maps for strategy {strategy!r} in {maps_dir}; found {sorted(found)}. "
+                       f"Pick --strategies from those, or write {strategy} maps first with "
+                       "`python -m launch.write_memory`.")
     for seed in seeds if seeds is not None else sorted(found[strategy]):
       paths = found[strategy].get(seed, {})
       missing = [u.uid for u in users if u.uid not in paths]
       if missing:
-        raise ValueError(f"{maps_dir}/{strategy}/seed{seed} lacks maps for users {missing}.")
+        raise ValueError(
+            f"{maps_dir}/{strategy}/seed{seed} lacks maps for users {missing}; pass the --users "
+            "the maps were written for, or write them with `python -m launch.write_memory "
+            f"--strategies={strategy} --seeds={seed}`.")
       out.setdefault(strategy, {})[seed] = {
           u.uid: load_map(paths[u.uid], expected_fingerprint=fingerprint,
                           table_rows=pre.layout.table_rows[layer_index]) for u in users}

@@ -48,9 +48,18 @@ DEFINITIONS = {
     "leakage.swap_control_rate": "a user's prompts with the next user's map: share of outputs "
                                  "stating the map owner's answer and not the prompt owner's",
     "locality.delta_bpb": "validation bpb with the map minus without it, per user map",
+    "locality.mean_user_max_residual_change_off_trigger": (
+        "per user and seed: the largest absolute change (map vs no map) of any final-residual "
+        "element at the positions before the trigger, over the user's seen prompts; mean over "
+        "users and seeds, bootstrap over users"),
+    "locality.max_residual_change_off_trigger": "the largest of those per-user-and-seed values "
+                                                "({max, n}); a worst case, so it has no interval",
     "storage.bytes_per_fact": "rows * (row width * value bytes + 4) / facts",
     "write.seconds_per_fact": "wall-clock writing seconds / facts; Joint OPT trains all users in "
                               "one program, so each user is charged the shared seconds per fact",
+    "writer_settings": "per strategy, the distinct values found in the maps' settings (keys "
+                       "missing from every map are left out) and the stored value dtypes; more "
+                       "than one value means maps written with different settings were mixed",
 }
 
 
@@ -62,6 +71,52 @@ class EvalSettings:
   val_batch_rows: int = 8  # validation rows per forward pass
   include_base: bool = True  # add the bare model as strategy "none"
 
+  def __post_init__(self):
+    _check_positive("batch_size", self.batch_size, "the probes per forward pass",
+                    "--batch_size=32 (the default) or another value of at least 1")
+    if self.eval_tokens is not None:
+      _check_positive("eval_tokens", self.eval_tokens, "the validation target tokens for Δbpb",
+                      "--eval_tokens=N with N >= 1, or leave the flag out to use the whole split")
+    _check_positive("val_batch_rows", self.val_batch_rows, "the validation rows per forward pass",
+                    "val_batch_rows=8 (the default) or another value of at least 1")
+
+
+def _check_positive(name: str, value, meaning: str, fix: str) -> None:
+  """Raise TypeError or ValueError unless `value` is an integer of at least 1."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name}={value!r} is not an integer; {meaning} must be a whole number. Pass {fix}.")
+  if value < 1:
+    raise ValueError(f"{name}={value} is invalid: {meaning} must be at least 1. Pass {fix}.")
+
+
+def check_map_labels(runs: Mapping[str, Mapping[int, Mapping[str, OverrideMap | None]]],
+                     maps_dir: str | pathlib.Path | None = None) -> None:
+  """Check that each map's owner is its user id and its strategy is its run's strategy name.
+
+  Map files are found by their folder and file names, so a copied or renamed
+  file would otherwise be scored under the wrong user or strategy. With
+  `maps_dir` the errors name the file <maps_dir>/<strategy>/seed<k>/<uid>.safetensors.
+  """
+  for strategy, seeds in runs.items():
+    for seed, maps in seeds.items():
+      for uid, m in maps.items():
+        if m is None:
+          continue
+        where = f"{strategy}/seed{seed}/{uid}.safetensors"
+        if maps_dir is not None:
+          where = str(pathlib.Path(maps_dir) / where)
+        rewrite = (f"write it again by rerunning `python -m launch.write_memory` with "
+                   f"--strategies={strategy} --seeds={seed} --overwrite")
+        if m.owner != uid:
+          raise ValueError(f"{where}: the map belongs to user {m.owner!r}, not {uid!r}; {rewrite}, "
+                           f"or rename the file to {m.owner}.safetensors if it is the map of user "
+                           f"{m.owner!r}.")
+        if m.strategy != strategy:
+          raise ValueError(f"{where}: the map was written by strategy {m.strategy!r}, but its folder "
+                           f"names strategy {strategy!r}; {rewrite}, or move the file into the "
+                           f"{m.strategy}/ folder. To compare writer settings, write each setting "
+                           "into its own --maps_dir instead of renaming strategy folders.")
+
 
 def _check_maps(runner: ModelRunner, maps: Mapping[str, OverrideMap | None], where: str) -> None:
   for uid, m in maps.items():
@@ -71,8 +126,6 @@ def _check_maps(runner: ModelRunner, maps: Mapping[str, OverrideMap | None], whe
     if m.layer != runner.layer:
       raise ValueError(f"{where}/{uid}: the map targets block {m.layer}, but the model's memory "
                        f"layer is block {runner.layer}; write it for this model.")
-    if m.owner != uid:
-      raise ValueError(f"{where}/{uid}: the map belongs to {m.owner!r}, not {uid!r}.")
 
 
 def _maps_digest(maps: Mapping[str, OverrideMap | None]) -> str:
@@ -193,6 +246,7 @@ def evaluate_memory(pre: Pretrained, users: Sequence[User],
         raise ValueError(f"Run {name}/seed{seed} has maps for {sorted(maps)}, but the users are "
                          f"{sorted(uids)}; pass one map (or None) per user.")
       _check_maps(runner, maps, f"{name}/seed{seed}")
+  check_map_labels(runs)
   facts = recall.user_fact_prompts(users)
   slots = _slots(runs)
   start = time.perf_counter()

@@ -3,13 +3,15 @@
 Each metric is an object {"mean", "ci95": [low, high], "n", "ci_method"}.
 Proportions pool every trial over users and seeds with a Wilson interval.
 Continuous metrics take one value per (user, seed) and bootstrap over users.
-"mean" is the named statistic, so it is the median for median ranks and
-the maximum for the largest residual change.
+"mean" is the named statistic, so it is the median for median ranks. The
+largest off-trigger residual change is a worst case without an interval:
+{"max", "n"}.
 
 A seed result is a dict with "strategy", "seed", "probes" (records from
-evals.recall.run_probes), "leak_checks" and "users" (uid -> per-map numbers:
+evals.recall.run_probes), "leak_checks", "users" (uid -> per-map numbers:
 delta_bpb, firing_rate, offtrigger_change, storage_bytes, num_rows,
-num_facts, write_seconds, value_dtype).
+num_facts, write_seconds, value_dtype) and optionally "maps" (uid ->
+OverrideMap or None), whose settings become the strategy's writer_settings.
 """
 
 import json
@@ -20,6 +22,10 @@ import numpy as np
 
 from evals import stats
 
+# Map settings that tell runs of one strategy apart in a report (most are flags of
+# launch.write_memory).
+WRITER_SETTING_KEYS = ("continuation_heads", "init", "anchor_weight", "anchor", "keep_weight",
+                       "learning_rate", "max_steps")
 RECALL_FLAGS = ("first_token_top1", "first_token_top5", "first_token_top10", "exact_match",
                 "answer_contains")
 SPLITS = ("seen", "heldout")
@@ -71,8 +77,7 @@ def aggregate_strategy(seed_results: Sequence[dict]) -> dict:
       "locality": {
           "delta_bpb": stats.value_summary(_per_user(seed_results, "delta_bpb")),
           "firing_rate": stats.value_summary(_per_user(seed_results, "firing_rate")),
-          "max_residual_change_off_trigger": stats.value_summary(
-              _per_user(seed_results, "offtrigger_change"), statistic=np.max),
+          **_residual_change(seed_results),
       },
       "leakage": {
           "rate": stats.proportion_summary(_group(checks, lambda c: c["uid"], lambda c: c["leak"])),
@@ -94,8 +99,48 @@ def aggregate_strategy(seed_results: Sequence[dict]) -> dict:
       },
       "write": {"seconds_per_fact": stats.value_summary(
           _per_user(seed_results, "write_seconds", True))},
+      "writer_settings": writer_settings(seed_results),
       "per_seed": {str(r["seed"]): _seed_line(r) for r in seed_results},
   }
+
+
+def _residual_change(seed_results: Sequence[dict]) -> dict:
+  """Summarise the off-trigger residual change: mean of the per-(user, seed) maxima, and their max.
+
+  Each per-(user, seed) value is already a maximum over the user's prompts.
+  Their mean has a bootstrap interval over users. Their max is a worst case,
+  which a bootstrap cannot bound, so it is reported without an interval.
+  """
+  by_user = _per_user(seed_results, "offtrigger_change")
+  values = [v for per_user in by_user.values() for v in per_user]
+  return {
+      "mean_user_max_residual_change_off_trigger": stats.value_summary(by_user),
+      "max_residual_change_off_trigger": {"max": max(values) if values else None, "n": len(values)},
+  }
+
+
+def writer_settings(seed_results: Sequence[dict]) -> dict:
+  """Return the distinct WRITER_SETTING_KEYS values and value dtypes of the strategy's maps.
+
+  Each key maps to a list of its distinct values, in first-seen order. Keys
+  that no map's settings contain are left out, so a strategy without maps
+  (the bare model) gets {}.
+  """
+  found: dict[str, list] = {}
+  for result in seed_results:
+    for m in (result.get("maps") or {}).values():
+      if m is None:
+        continue
+      for key in WRITER_SETTING_KEYS:
+        if key in m.settings:
+          _add_distinct(found.setdefault(key, []), m.settings[key])
+      _add_distinct(found.setdefault("value_dtype", []), m.value_dtype)
+  return found
+
+
+def _add_distinct(values: list, value) -> None:
+  if value not in values:
+    values.append(value)
 
 
 def _seed_line(result: dict) -> dict:
@@ -164,9 +209,26 @@ def format_markdown(report: dict, plot_name: str | None = None) -> str:
       "at the trigger position.",
   ]
   lines += [f"- {name}: {text}" for name, text in report["definitions"].items()]
+  lines += _writer_settings_lines(report)
   if plot_name:
     lines += ["", f"![recall and locality]({plot_name})"]
   return "\n".join(lines) + "\n"
+
+
+def _writer_settings_lines(report: dict) -> list[str]:
+  """Format one Markdown line per strategy with its maps' writer settings (none for the bare model)."""
+  lines = []
+  for name, summary in report["strategies"].items():
+    found = summary.get("writer_settings") or {}
+    if found:
+      values = "; ".join(f"{key} {', '.join(_setting_text(v) for v in options)}"
+                         for key, options in found.items())
+      lines.append(f"- {name}: {values}")
+  return ["", "Writer settings found in the maps:", *lines] if lines else []
+
+
+def _setting_text(value) -> str:
+  return value if isinstance(value, str) else json.dumps(value)
 
 
 def write_plot(report: dict, path: str | pathlib.Path) -> None:

@@ -12,8 +12,9 @@ every decoded probe.
 """
 
 import pathlib
+import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from evals import map_store, memory_eval, report as report_lib
 
@@ -27,6 +28,11 @@ _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", None,
                                     "Validation target tokens for Δbpb (default: the whole split).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Probes per forward pass.")
 _NO_BASE = flags.DEFINE_bool("skip_base", False, "Leave out the bare-model reference row.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "On an input or file error, show the full traceback.")
+
+# Errors that our code raises for bad flags, user files, checkpoints and map files.
+# Their messages name the value and the fix, so main() prints one line, not the stack.
+INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError)
 
 
 def main(argv):
@@ -34,17 +40,32 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value or not _USERS.value:
     raise app.UsageError("--workdir and --users are required.")
+  try:
+    seeds = None if _SEEDS.value is None else map_store.parse_seeds(_SEEDS.value)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
+  try:
+    # Checked before the model loads, so a bad flag fails at once.
+    memory_eval.EvalSettings(batch_size=_BATCH_SIZE.value, eval_tokens=_EVAL_TOKENS.value)
+    evaluate(seeds)
+  except INPUT_ERRORS as error:
+    if _TRACEBACK.value:
+      raise
+    logging.error("[error] %s: %s", type(error).__name__, error)
+    logging.error("[error] (rerun with --traceback for the full stack)")
+    sys.exit(1)
+
+
+def evaluate(seeds: list[int] | None) -> None:
+  """Load the model, users and maps named by the flags, evaluate them and print the table."""
   from engram_jax.train.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
   from engram_jax.users import load_users  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(_WORKDIR.value)
   pre = load_pretrained(str(workdir))
   users = load_users(_USERS.value)
-  try:
-    seeds = None if _SEEDS.value is None else map_store.parse_seeds(_SEEDS.value)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
-  runs = map_store.load_run_maps(pre, _MAPS_DIR.value or workdir / "memory", users,
-                                 strategies=_STRATEGIES.value, seeds=seeds)
+  maps_dir = _MAPS_DIR.value or workdir / "memory"
+  runs = map_store.load_run_maps(pre, maps_dir, users, strategies=_STRATEGIES.value, seeds=seeds)
+  memory_eval.check_map_labels(runs, maps_dir)
   report = memory_eval.run_evaluation(
       pre, users, runs, out_dir=_OUT_DIR.value or workdir / "eval", eval_tokens=_EVAL_TOKENS.value,
       batch_size=_BATCH_SIZE.value, include_base=not _NO_BASE.value)

@@ -8,6 +8,7 @@ Each user gets one safetensors file per strategy and seed, at
 """
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 
@@ -31,8 +32,17 @@ _KEEP_WEIGHT = flags.DEFINE_float("keep_weight", None,
                                   "Joint OPT keep-term weight (default 0: off; needs the run's data).")
 _ANCHOR_WEIGHT = flags.DEFINE_float(
     "anchor_weight", None, "Joint OPT pull of each row towards its pretrained value (default 1e-4).")
-_KEEP_TOKENS = flags.DEFINE_integer("keep_tokens", 262_144, "Train-split tokens to draw keep windows from.")
+_ANCHOR = flags.DEFINE_enum(
+    "anchor", None, ["uniform", "reads"],
+    "Joint OPT anchor scale per row: uniform (default), or by how often train text reads the row.")
+_KEEP_TOKENS = flags.DEFINE_integer("keep_tokens", 262_144,
+                                    "Train-split tokens for the keep term and --anchor=reads.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace map files that differ from the new ones.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "On an input or file error, show the full traceback.")
+
+# Errors that our code raises for bad flags, user files, checkpoints and map files.
+# Their messages name the value and the fix, so main() prints one line, not the stack.
+INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError)
 
 
 def main(argv):
@@ -40,17 +50,34 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value or not _USERS.value:
     raise app.UsageError("--workdir and --users are required.")
-  from engram_jax.train.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
-  from engram_jax.users import load_users  # pylint: disable=g-import-not-at-top
   try:
     seeds = map_store.parse_seeds(_SEEDS.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
+  try:
+    write(seeds)
+  except INPUT_ERRORS as error:
+    if _TRACEBACK.value:
+      raise
+    logging.error("[error] %s: %s", type(error).__name__, error)
+    logging.error("[error] (rerun with --traceback for the full stack)")
+    sys.exit(1)
+
+
+def write(seeds: list[int]) -> None:
+  """Load the model and users named by the flags and write every map."""
+  unknown = [s for s in _STRATEGIES.value if s not in map_store.STRATEGIES]
+  if unknown or not _STRATEGIES.value:
+    # Checked before the model loads, so a typo fails at once.
+    raise ValueError(f"--strategies={','.join(_STRATEGIES.value)}: unknown or no strategies "
+                     f"{unknown}; use some of {','.join(map_store.STRATEGIES)}.")
+  from engram_jax.train.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+  from engram_jax.users import load_users  # pylint: disable=g-import-not-at-top
   pre = load_pretrained(_WORKDIR.value)
   users = load_users(_USERS.value)
   maps_dir = _MAPS_DIR.value or str(pathlib.Path(_WORKDIR.value) / "memory")
   joint = map_store.joint_settings(_JOINT_MAX_STEPS.value, _JOINT_LR.value, _KEEP_WEIGHT.value,
-                                   _ANCHOR_WEIGHT.value)
+                                   _ANCHOR_WEIGHT.value, _ANCHOR.value)
   map_store.write_maps(
       pre, users, strategies=_STRATEGIES.value, seeds=seeds, maps_dir=maps_dir,
       multi_trigger=_MULTI_TRIGGER.value, joint_settings=joint, continuation=_CONTINUATION.value,

@@ -20,13 +20,13 @@ WIDTH = 4
 
 
 def _map(rows, values=None, *, owner="u1", layer=2, width=WIDTH, seed=0, dtype=np.float32,
-         fingerprint=FINGERPRINT, **kwargs):
+         fingerprint=FINGERPRINT, settings=None, **kwargs):
   rows = np.asarray(rows)
   if values is None:
     values = np.random.default_rng(seed).normal(size=(rows.size, width)).astype(dtype)
   return memory.make_map(
       layer, rows, values, owner=owner, fact_keys=(f"{owner}/doctor",), strategy="joint_opt",
-      settings={"lr": 0.5, "steps": 1000}, model_fingerprint=fingerprint, **kwargs)
+      settings=settings or {"lr": 0.5, "steps": 1000}, model_fingerprint=fingerprint, **kwargs)
 
 
 def _constant_map(rows, value: float, owner: str):
@@ -266,6 +266,74 @@ def test_save_refuses_foreign_file(tmp_path):
   (tmp_path / "notes.txt").write_text("hello")
   with pytest.raises(FileExistsError):
     memory.save_map(tmp_path / "notes.txt", _map([1]))
+
+
+# Saving again: write timings do not count, everything else does.
+
+
+def _timed_map(seconds: float, compile_seconds: float = 0.5, *, write_seed: int = 0, lr: float = 0.5,
+               **kwargs):
+  write = {"seed": write_seed, "seconds": seconds, "compile_seconds": compile_seconds,
+           "multi_trigger": False}
+  return _map([3, 7], settings={"lr": lr, "steps": 1000, "write": write}, **kwargs)
+
+
+def test_save_again_ignores_write_seconds(tmp_path):
+  memory.save_map(tmp_path / "m.safetensors", _timed_map(1.0))
+  assert memory.save_map(tmp_path / "m.safetensors", _timed_map(2.5, 0.7)).exists()
+
+
+def test_save_again_keeps_first_timings(tmp_path):
+  memory.save_map(tmp_path / "m.safetensors", _timed_map(1.0))
+  memory.save_map(tmp_path / "m.safetensors", _timed_map(2.5, 0.7))
+  assert memory.load_map(tmp_path / "m.safetensors").settings["write"]["seconds"] == 1.0
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"write_seed": 1}, r"settings\['write'\]"),
+    ({"lr": 0.25}, r"settings\['lr'\]"),
+    ({"seed": 9}, "values"),
+    ({"dtype": ml_dtypes.bfloat16}, "value_dtype"),
+    ({"owner": "u2"}, "owner"),
+    ({"fingerprint": "e" * 64}, "model_fingerprint"),
+])
+def test_save_again_names_difference(tmp_path, changes, field):
+  memory.save_map(tmp_path / "m.safetensors", _timed_map(1.0))
+  with pytest.raises(FileExistsError, match=f"differs in {field}"):
+    memory.save_map(tmp_path / "m.safetensors", _timed_map(1.0, **changes))
+
+
+def test_save_again_names_other_rows(tmp_path):
+  memory.save_map(tmp_path / "m.safetensors", _timed_map(1.0))
+  with pytest.raises(FileExistsError, match="differs in rows"):
+    memory.save_map(tmp_path / "m.safetensors", _map([3, 8], settings=_timed_map(1.0).settings))
+
+
+def test_save_conflict_names_overwrite_flag(tmp_path):
+  memory.save_map(tmp_path / "m.safetensors", _map([1]))
+  with pytest.raises(FileExistsError, match="launch.write_memory` with --overwrite"):
+    memory.save_map(tmp_path / "m.safetensors", _map([2]))
+
+
+def test_save_over_truncated_file_rejected(tmp_path):
+  path = memory.save_map(tmp_path / "m.safetensors", _map([1]))
+  path.write_bytes(path.read_bytes()[:-6])
+  with pytest.raises(FileExistsError, match="not a readable override map"):
+    memory.save_map(path, _map([1]))
+
+
+def test_truncated_file_names_write_command(tmp_path):
+  path = memory.save_map(tmp_path / "m.safetensors", _map([1]))
+  path.write_bytes(path.read_bytes()[:-6])
+  with pytest.raises(memory.InvalidMapFileError, match="python -m launch.write_memory --overwrite"):
+    memory.load_map(path)
+
+
+def test_truncated_file_says_truncated(tmp_path):
+  path = memory.save_map(tmp_path / "m.safetensors", _map([1]))
+  path.write_bytes(path.read_bytes()[:-6])
+  with pytest.raises(memory.InvalidMapFileError, match="is truncated"):
+    memory.load_map(path)
 
 
 # Broken files: each case edits the tensors or the metadata of a valid map.

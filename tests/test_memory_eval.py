@@ -2,6 +2,11 @@
 
 import dataclasses
 import math
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from engram_jax.memory import make_map, model_fingerprint
 from engram_jax.model.gpt import GPT
 from engram_jax.train.pretrained import Pretrained
 from engram_jax.users import FactPrompt, generate_users, persona_documents
-from evals import locality, memory_eval, recall, report, scoring, stats
+from evals import locality, map_store, memory_eval, recall, report, scoring, stats
 from evals.decode import ModelRunner
 
 import configs.tiny as tiny_config
@@ -203,6 +208,165 @@ def test_storage_bytes_per_fact_in_report():
   assert summary["storage"]["bytes_per_fact"]["mean"] == 54.0
 
 
+def test_residual_change_mean_of_user_maxima():
+  result = {"seed": 0, "probes": [], "leak_checks": [],
+            "users": {"a": {"offtrigger_change": 1.0}, "b": {"offtrigger_change": 3.0}}}
+  locality_summary = report.aggregate_strategy([result])["locality"]
+  assert locality_summary["mean_user_max_residual_change_off_trigger"]["mean"] == 2.0
+
+
+def test_residual_change_max_has_no_interval():
+  result = {"seed": 0, "probes": [], "leak_checks": [],
+            "users": {"a": {"offtrigger_change": 1.0}, "b": {"offtrigger_change": 3.0}}}
+  locality_summary = report.aggregate_strategy([result])["locality"]
+  assert locality_summary["max_residual_change_off_trigger"] == {"max": 3.0, "n": 2}
+
+
+def _settings_map(uid, dtype=np.float32, **settings):
+  return make_map(2, np.array([1], np.int32), np.ones((1, 8), dtype), owner=uid, fact_keys=["k"],
+                  strategy="joint_opt", settings=settings, model_fingerprint="f")
+
+
+def test_writer_settings_distinct_values():
+  maps = {"a": _settings_map("a", init="table", anchor_weight=1e-4, continuation_heads=[1, 3]),
+          "b": _settings_map("b", init="table", anchor_weight=1e-3, continuation_heads=[1, 3])}
+  found = report.writer_settings([{"maps": maps}])
+  assert found == {"continuation_heads": [[1, 3]], "init": ["table"], "anchor_weight": [1e-4, 1e-3],
+                   "value_dtype": ["float32"]}
+
+
+def test_writer_settings_across_seeds():
+  first = {"maps": {"a": _settings_map("a", learning_rate=4.0)}}
+  second = {"maps": {"a": _settings_map("a", learning_rate=2.0)}}
+  assert report.writer_settings([first, second])["learning_rate"] == [4.0, 2.0]
+
+
+def test_writer_settings_without_maps():
+  assert report.writer_settings([{"maps": {"a": None}}, {"users": {}}]) == {}
+
+
+# ---------------------------------------------------------------------------
+# Evaluation settings and map labels
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, "batch_size=0 is invalid"),
+    ({"batch_size": -4}, "batch_size=-4 is invalid"),
+    ({"eval_tokens": 0}, "eval_tokens=0 is invalid"),
+    ({"eval_tokens": -100}, "eval_tokens=-100 is invalid"),
+    ({"val_batch_rows": 0}, "val_batch_rows=0 is invalid"),
+])
+def test_eval_settings_rejects(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    memory_eval.EvalSettings(**kwargs)
+
+
+def test_eval_settings_names_flag():
+  with pytest.raises(ValueError, match="--batch_size=32"):
+    memory_eval.EvalSettings(batch_size=0)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": True}, {"batch_size": 8.0}, {"eval_tokens": "512"}])
+def test_eval_settings_rejects_non_integer(kwargs):
+  with pytest.raises(TypeError, match="is not an integer"):
+    memory_eval.EvalSettings(**kwargs)
+
+
+def test_eval_settings_accepts_whole_split():
+  assert memory_eval.EvalSettings(batch_size=1, eval_tokens=None).eval_tokens is None
+
+
+def _labelled_map(owner: str, strategy: str):
+  return make_map(2, np.array([1], np.int32), np.ones((1, 8), np.float32), owner=owner,
+                  fact_keys=["k"], strategy=strategy, settings={}, model_fingerprint="f")
+
+
+def test_map_labels_wrong_owner():
+  runs = {"random": {0: {"u001": _labelled_map("u002", "random")}}}
+  with pytest.raises(ValueError, match="belongs to user 'u002', not 'u001'"):
+    memory_eval.check_map_labels(runs)
+
+
+def test_map_labels_wrong_owner_names_fix():
+  runs = {"random": {0: {"u001": _labelled_map("u002", "random")}}}
+  with pytest.raises(ValueError, match="launch.write_memory` with --strategies=random --seeds=0"):
+    memory_eval.check_map_labels(runs)
+
+
+def test_map_labels_wrong_strategy_names_both():
+  runs = {"joint_opt": {2: {"u001": _labelled_map("u001", "random")}}}
+  with pytest.raises(ValueError, match="strategy 'random', but its folder names strategy 'joint_opt'"):
+    memory_eval.check_map_labels(runs)
+
+
+def test_map_labels_wrong_strategy_names_file(tmp_path):
+  runs = {"joint_opt": {2: {"u001": _labelled_map("u001", "random")}}}
+  path = tmp_path / "joint_opt" / "seed2" / "u001.safetensors"
+  with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: "):
+    memory_eval.check_map_labels(runs, tmp_path)
+
+
+def test_map_labels_accept_matching_maps():
+  runs = {"random": {0: {"u001": _labelled_map("u001", "random"), "u002": None}}}
+  assert memory_eval.check_map_labels(runs) is None
+
+
+# ---------------------------------------------------------------------------
+# Command-line errors: one line without a stack, unless --traceback
+# ---------------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _launch(module: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def zero_batch(tmp_path_factory):
+  missing = tmp_path_factory.mktemp("cli") / "no_workdir"
+  return _launch("launch.eval_memory", f"--workdir={missing}", f"--users={missing}", "--batch_size=0")
+
+
+def test_cli_bad_batch_size_fails(zero_batch):
+  assert zero_batch.returncode == 1
+
+
+def test_cli_bad_batch_size_names_value(zero_batch):
+  assert "ValueError: batch_size=0 is invalid" in zero_batch.stderr
+
+
+def test_cli_bad_batch_size_has_no_stack(zero_batch):
+  assert "Traceback" not in zero_batch.stderr
+
+
+@pytest.fixture(scope="module")
+def missing_workdir(tmp_path_factory):
+  missing = tmp_path_factory.mktemp("cli") / "no_workdir"
+  return missing, _launch("launch.write_memory", f"--workdir={missing}", f"--users={missing}")
+
+
+def test_cli_missing_workdir_fails(missing_workdir):
+  assert missing_workdir[1].returncode == 1
+
+
+def test_cli_missing_workdir_one_line(missing_workdir):
+  missing, result = missing_workdir
+  assert f"FileNotFoundError: {missing}/checkpoints does not exist" in result.stderr
+
+
+def test_cli_missing_workdir_has_no_stack(missing_workdir):
+  assert "Traceback" not in missing_workdir[1].stderr
+
+
+def test_cli_traceback_flag_shows_stack(tmp_path):
+  result = _launch("launch.eval_memory", f"--workdir={tmp_path}", f"--users={tmp_path}",
+                   "--eval_tokens=-1", "--traceback")
+  assert "Traceback" in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # A small real run: random-init tiny model, hand-written and empty maps
 # ---------------------------------------------------------------------------
@@ -342,3 +506,59 @@ def test_run_missing_user_rejected(pretrained):
   users = generate_users(2, seed=5)
   with pytest.raises(ValueError, match="has maps for"):
     memory_eval.evaluate_memory(pre, users, {"hand": {0: {users[0].uid: None}}}, val)
+
+
+def test_run_strategy_name_mismatch_rejected(pretrained, evaluated):
+  pre, val = pretrained
+  _, results = evaluated
+  users = [dataclasses.replace(u, facts=u.facts[:FACTS_PER_USER]) for u in generate_users(2, seed=5)]
+  match = "strategy 'hand', but its folder names strategy 'renamed'"
+  with pytest.raises(ValueError, match=match):
+    memory_eval.evaluate_memory(pre, users, {"renamed": {0: results["hand"][0]["maps"]}}, val)
+
+
+def test_report_records_writer_settings(evaluated):
+  assert evaluated[0]["strategies"]["hand"]["writer_settings"] == {"value_dtype": ["float32"]}
+
+
+def test_report_base_has_no_writer_settings(evaluated):
+  assert evaluated[0]["strategies"]["none"]["writer_settings"] == {}
+
+
+def test_markdown_lists_writer_settings(evaluated):
+  assert "- hand: value_dtype float32" in report.format_markdown(evaluated[0])
+
+
+def test_report_residual_change_fields(evaluated):
+  locality_summary = evaluated[0]["strategies"]["hand"]["locality"]
+  mean = locality_summary["mean_user_max_residual_change_off_trigger"]["mean"]
+  assert mean <= locality_summary["max_residual_change_off_trigger"]["max"]
+
+
+# ---------------------------------------------------------------------------
+# Writing maps twice with the same command, then reading them back
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def written(pretrained, tmp_path_factory):
+  pre, _ = pretrained
+  users = [dataclasses.replace(u, facts=u.facts[:FACTS_PER_USER]) for u in generate_users(2, seed=5)]
+  maps_dir = tmp_path_factory.mktemp("maps")
+  map_store.write_maps(pre, users, strategies=["random"], seeds=[0], maps_dir=maps_dir)
+  return pre, users, maps_dir
+
+
+def test_write_maps_rerun_same_command(written):
+  pre, users, maps_dir = written
+  runs = map_store.write_maps(pre, users, strategies=["random"], seeds=[0], maps_dir=maps_dir)
+  assert sorted(runs["random"][0]) == [u.uid for u in users]
+
+
+def test_copied_map_folder_names_file(written, tmp_path):
+  pre, users, maps_dir = written
+  shutil.copytree(maps_dir / "random", tmp_path / "joint_opt")
+  runs = map_store.load_run_maps(pre, tmp_path, users)
+  path = tmp_path / "joint_opt" / "seed0" / f"{users[0].uid}.safetensors"
+  with pytest.raises(ValueError, match=re.escape(str(path))):
+    memory_eval.check_map_labels(runs, tmp_path)

@@ -83,9 +83,11 @@ class JointOptSettings:
                        f"sampling={self.sampling!r} one of {SAMPLINGS}.")
     if self.loss_tokens not in ("all", "first"):
       raise ValueError(f"loss_tokens={self.loss_tokens!r} is not supported; use 'all' or 'first'.")
-    if self.keep_weight < 0 or self.anchor_weight < 0:
-      raise ValueError(f"keep_weight={self.keep_weight} and anchor_weight={self.anchor_weight} "
-                       "must be >= 0 (0 disables the term).")
+    for name in ("keep_weight", "anchor_weight", "learning_rate"):
+      value = getattr(self, name)
+      if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value} is invalid; pass a finite number >= 0 "
+                         "(0 disables a weight's term).")
     if self.anchor not in ANCHORS:
       raise ValueError(f"anchor={self.anchor!r} is not supported; use one of {ANCHORS}.")
     if self.init not in INITS:

@@ -23,8 +23,13 @@ safetensors.numpy (0.8) has no bfloat16, so it only reads F32 files.
 
 Files are written to a temporary file in the target directory and renamed
 over the target, so readers never see a partial file.
+
+Saving over an existing file that contains the same map leaves it as it is.
+"The same map" ignores the wall-clock timings of the settings' "write" entry
+(TIMING_KEYS), so rerunning a deterministic writer does not need overwrite.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -52,7 +57,13 @@ _SAFETENSORS_DTYPES = {
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]*)$")
-_FILE_FIX = "write the map again with engram_jax.memory.save_map()"
+_FILE_FIX = ("write the map again with `python -m launch.write_memory --overwrite` "
+             "(engram_jax.memory.save_map(..., overwrite=True) in Python)")
+_OVERWRITE_FIX = ("rerun `python -m launch.write_memory` with --overwrite (or with another "
+                  "--maps_dir), or pass overwrite=True (or another path) to save_map() in Python")
+# Keys of a map's settings["write"] entry that measure wall-clock time. They
+# differ on every run, so they do not count when comparing a map with a file.
+TIMING_KEYS = ("seconds", "compile_seconds")
 
 
 class InvalidMapFileError(ValueError):
@@ -78,9 +89,10 @@ def map_to_bytes(m: OverrideMap) -> bytes:
 def save_map(path: str | os.PathLike, m: OverrideMap, *, overwrite: bool = False) -> pathlib.Path:
   """Write `m` to `path` atomically and return the path.
 
-  An existing file that contains an equal map is left as it is. Any other
-  existing file raises FileExistsError unless `overwrite=True`. Missing parent
-  directories are created.
+  An existing file that contains an equal map, apart from the TIMING_KEYS of
+  settings["write"], is left as it is. Any other existing file raises
+  FileExistsError, naming the fields that differ, unless `overwrite=True`.
+  Missing parent directories are created.
   """
   if not isinstance(m, OverrideMap):
     raise TypeError(f"save_map() needs an OverrideMap; got {type(m).__name__}.")
@@ -88,11 +100,11 @@ def save_map(path: str | os.PathLike, m: OverrideMap, *, overwrite: bool = False
   if path.is_dir():
     raise IsADirectoryError(f"{path} is a directory; pass a file path such as {path / 'map.safetensors'}.")
   if path.exists() and not overwrite:
-    if _contains_equal_map(path, m):
-      logging.info("[memory] %s already contains this map; not rewritten", path)
+    difference = _difference_from_file(path, m)
+    if difference is None:
+      logging.info("[memory] %s already contains this map (write timings aside); not rewritten", path)
       return path
-    raise FileExistsError(f"{path} exists and does not contain this map; pass overwrite=True to "
-                          "replace it, or choose another path.")
+    raise FileExistsError(f"{path} exists and {difference}; {_OVERWRITE_FIX}.")
   path.parent.mkdir(parents=True, exist_ok=True)
   _write_atomically(path, map_to_bytes(m))
   logging.info("[memory] wrote %s: owner %s, %d rows, %d bytes (%s)", path, m.owner, m.num_rows,
@@ -100,11 +112,39 @@ def save_map(path: str | os.PathLike, m: OverrideMap, *, overwrite: bool = False
   return path
 
 
-def _contains_equal_map(path: pathlib.Path, m: OverrideMap) -> bool:
+def _without_timings(settings: dict) -> dict:
+  """Return `settings` without the TIMING_KEYS of its "write" entry."""
+  record = settings.get("write")
+  if not isinstance(record, dict):
+    return settings
+  return dict(settings, write={k: v for k, v in record.items() if k not in TIMING_KEYS})
+
+
+def _difference_from_file(path: pathlib.Path, m: OverrideMap) -> str | None:
+  """Describe how the map in `path` differs from `m`, or return None when they are equal.
+
+  Rows and values compare bit-exact (dtype included), every other field
+  exactly, and settings without the write timings.
+  """
   try:
-    return load_map(path) == m
-  except (OSError, ValueError, TypeError):
-    return False
+    stored = load_map(path)
+  except (OSError, ValueError, TypeError) as error:
+    return f"is not a readable override map ({error})"
+  if dataclasses.replace(stored, settings=_without_timings(stored.settings)) == dataclasses.replace(
+      m, settings=_without_timings(m.settings)):
+    return None
+  fields = [name for name in ("layer", "owner", "fact_keys", "strategy", "model_fingerprint")
+            if getattr(stored, name) != getattr(m, name)]
+  if stored.value_dtype != m.value_dtype:
+    fields.append("value_dtype")
+  if stored.rows.tobytes() != m.rows.tobytes():
+    fields.append("rows")
+  elif stored.value_dtype == m.value_dtype and (stored.values.shape != m.values.shape
+                                                or stored.values.tobytes() != m.values.tobytes()):
+    fields.append("values")
+  old, new = _without_timings(stored.settings), _without_timings(m.settings)
+  fields += [f"settings[{key!r}]" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+  return f"contains a different map (differs in {', '.join(fields)})"
 
 
 def _write_atomically(path: pathlib.Path, data: bytes) -> None:
@@ -125,15 +165,15 @@ def _read_file(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str
   """Return the tensors (decoded to numpy) and the metadata of a safetensors file."""
   if not path.is_file():
     raise FileNotFoundError(f"Override map file {path} not found; check the path, or write the map "
-                            "with engram_jax.memory.save_map().")
+                            "with `python -m launch.write_memory`.")
   data = path.read_bytes()
   try:
     entries = safetensors.deserialize(data)
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + header_len])
   except (safetensors.SafetensorError, ValueError) as error:
-    raise InvalidMapFileError(f"{path} is not a safetensors file ({error}); pass an override map "
-                              f"file, or {_FILE_FIX}.") from error
+    raise InvalidMapFileError(f"{path} is not a safetensors file or is truncated ({error}); pass "
+                              f"an override map file, or {_FILE_FIX}.") from error
   tensors = {}
   for name, entry in entries:
     if entry["dtype"] not in _SAFETENSORS_DTYPES:
