@@ -12,11 +12,11 @@ every decoded probe.
 """
 
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from evals import map_store, memory_eval, report as report_lib
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir with checkpoints/ and tokenizer/.")
 _USERS = flags.DEFINE_string("users", None, "The user JSON file or directory the maps were written from.")
@@ -30,9 +30,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Probes per forward pass.")
 _NO_BASE = flags.DEFINE_bool("skip_base", False, "Leave out the bare-model reference row.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an input or file error, show the full traceback.")
 
-# Errors that our code raises for bad flags, user files, checkpoints and map files.
-# Their messages name the value and the fix, so main() prints one line, not the stack.
-INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError)
 
 
 def main(argv):
@@ -44,16 +41,13 @@ def main(argv):
     seeds = None if _SEEDS.value is None else map_store.parse_seeds(_SEEDS.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
-  try:
+
+  def body():
     # Checked before the model loads, so a bad flag fails at once.
     memory_eval.EvalSettings(batch_size=_BATCH_SIZE.value, eval_tokens=_EVAL_TOKENS.value)
     evaluate(seeds)
-  except INPUT_ERRORS as error:
-    if _TRACEBACK.value:
-      raise
-    logging.error("[error] %s: %s", type(error).__name__, error)
-    logging.error("[error] (rerun with --traceback for the full stack)")
-    sys.exit(1)
+
+  cli.run_reporting_errors(body, _TRACEBACK.value)
 
 
 def evaluate(seeds: list[int] | None) -> None:

@@ -8,11 +8,11 @@ Each user gets one safetensors file per strategy and seed, at
 """
 
 import pathlib
-import sys
 
 from absl import app, flags, logging
 
 from evals import map_store
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir with checkpoints/ and tokenizer/.")
 _USERS = flags.DEFINE_string("users", None, "A user JSON file or a directory of them (u000.json, ...).")
@@ -40,9 +40,6 @@ _KEEP_TOKENS = flags.DEFINE_integer("keep_tokens", 262_144,
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace map files that differ from the new ones.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an input or file error, show the full traceback.")
 
-# Errors that our code raises for bad flags, user files, checkpoints and map files.
-# Their messages name the value and the fix, so main() prints one line, not the stack.
-INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError)
 
 
 def main(argv):
@@ -54,14 +51,7 @@ def main(argv):
     seeds = map_store.parse_seeds(_SEEDS.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
-  try:
-    write(seeds)
-  except INPUT_ERRORS as error:
-    if _TRACEBACK.value:
-      raise
-    logging.error("[error] %s: %s", type(error).__name__, error)
-    logging.error("[error] (rerun with --traceback for the full stack)")
-    sys.exit(1)
+  cli.run_reporting_errors(lambda: write(seeds), _TRACEBACK.value)
 
 
 def write(seeds: list[int]) -> None:
