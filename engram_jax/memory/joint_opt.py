@@ -46,18 +46,19 @@ schedule: batch 1 sampled with replacement, constant lr 0.5, exactly
 `max_steps` steps, no early stopping, UNEMBED_P initial values.
 
 Locality: a managed row is also read by every other n-gram that hashes to it
-(on the tiny model a user's map is read at about a fifth of validation
-positions). By default rows start at their pretrained values (init="table")
-and an anchor term, anchor_weight * mean ||value - pretrained||^2 / W, keeps
-each row close to them, so a fact is spread over the rows that fire together
-at its trigger. On the tiny model (five reference-format users, seed 0,
-order-3 continuation rows) the anchor at 1e-4 moved train recall from 0.946
-to 0.927 and cut Δbpb on natural validation text from 2.3e-3 to 6.8e-4 and
-on persona text from 2.4e-2 to 9.7e-3; 1e-3 cut it to 1.4e-4 at recall 0.45.
-anchor="reads" scales each row's pull by how often 262,144 train-split
-tokens read it: at 2e-4 it gave recall 0.867 with 4.1e-4 (natural) and
-5.8e-3 (persona), against 5.3e-4 and 6.7e-3 for the uniform anchor at the
-same recall. It needs keep text, so the default stays "uniform".
+(with 5,000 rows per hash head a user's map is read at about a fifth of
+validation positions). By default rows start at their pretrained values
+(init="table") and an anchor term, anchor_weight * mean ||value -
+pretrained||^2 / W, keeps each row close to them, so a fact is spread over
+the rows that fire together at its trigger. On a tiny model with 5,000 rows
+per head (five reference-format users, seed 0, order-3 continuation rows) the
+anchor at 1e-4 moved train recall from 0.946 to 0.927 and cut Δbpb on
+natural validation text from 2.3e-3 to 6.8e-4 and on persona text from
+2.4e-2 to 9.7e-3; 1e-3 cut it to 1.4e-4 at recall 0.45. anchor="reads"
+scales each row's pull by how often 262,144 train-split tokens read it: at
+2e-4 it gave recall 0.867 with 4.1e-4 (natural) and 5.8e-3 (persona),
+against 5.3e-4 and 6.7e-3 for the uniform anchor at the same recall. It
+needs keep text, so the default stays "uniform".
 
 Shape letters: U users, N examples, S minibatch slots, R managed rows,
 W row width, C evaluation chunk.
