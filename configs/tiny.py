@@ -14,9 +14,9 @@ def get_config(variant: str = "engram"):
   cfg.model.aspect_ratio = 64  # width per block of depth
   cfg.model.sequence_len = 256  # tokens per training row
   cfg.model.vocab_size = 8192  # BPE vocabulary, specials included
-  # 20,000 rows per hash head of 8 floats, not the reference "tiny" preset's 5,000: a user's
-  # memory map writes about a thousand rows, and with 5,000 rows per head other n-grams read
-  # them at a fifth of all positions, which dominated the map's bits-per-byte cost.
+  # 20,000 rows per hash head of 8 floats, not the reference "tiny" preset's 5,000. A user's
+  # memory map writes about a thousand rows. With 5,000 rows per head, other n-grams read them
+  # at a fifth of all positions, and those reads dominated the map's bits-per-byte cost.
   cfg.engram.preset = "custom"
   cfg.engram.vocab_per_ngram = 20_000  # smallest prime per hash head
   cfg.engram.n_embed_per_ngram = 64  # floats per n-gram order: 8 heads x 8

@@ -23,8 +23,9 @@ from engram_jax.train.pretrained import Pretrained
 from engram_jax.users import User, fact_prompts
 
 STRATEGIES = ("random", "unembed_p", "opt", "joint_opt")
-# Hash heads written at the positions after the trigger (answer tokens): "all" heads, the
-# highest n-gram "order" heads (default; half the rows of "all" at N=3), or "none".
+# Hash heads written at the positions after the trigger, which predict the later answer
+# tokens: "all" heads, the highest n-gram "order" heads (the default, half the rows of "all"
+# at N=3), or "none".
 CONTINUATIONS = ("all", "order", "none")
 VALUE_DTYPES = ("float32", "bfloat16")
 _SEED_DIR = re.compile(r"^seed(\d+)$")

@@ -85,7 +85,8 @@ def test_hit_count(env):
 def test_no_hits_gives_bos_windows(env):
   unread = np.setdiff1d(np.arange(10), env["text"].rows_PG)[:1].astype(np.int32)
   ids_MT, hits = keep.draw_windows(env["text"], unread, KEEP, env["tokenizer"].bos_id)
-  assert hits == 0 and (ids_MT == env["tokenizer"].bos_id).all()
+  assert hits == 0
+  assert (ids_MT == env["tokenizer"].bos_id).all()
 
 
 def test_bad_settings_rejected():

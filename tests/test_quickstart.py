@@ -116,7 +116,8 @@ def test_write_command_float32_values(commands):
 
 def test_write_command_keep_term_recorded(commands):
   m = load_map(commands[0] / "kept" / "joint_opt" / "seed0" / "s0000.safetensors")
-  assert m.settings["keep_weight"] == 1.0 and m.settings["keep_hits"] > 0
+  assert m.settings["keep_weight"] == 1.0
+  assert m.settings["keep_hits"] > 0
 
 
 def test_eval_command_prints_table(commands):

@@ -113,11 +113,15 @@ def check_length(model: GPT, length: int) -> None:
         "positions; shorten the prompt or answer.")
 
 
-def _prefix_chunk(graphdef, state, ids_BT, rows_LBTG, layer: int):
-  model = nnx.merge(graphdef, state)
+def prefix_activations(model: GPT, ids_BT, rows_LBTG, layer: int):
+  """Run blocks [0, layer); return the stream leaving them, x0 and the backout stream."""
   x0_BTD = model.embed(ids_BT)
   x_BTD, kept_BTD = model.run_blocks(x0_BTD, x0_BTD, ids_BT, rows_LBTG, start=0, stop=layer)
   return x_BTD, x0_BTD, kept_BTD
+
+
+def _prefix_chunk(graphdef, state, ids_BT, rows_LBTG, layer: int):
+  return prefix_activations(nnx.merge(graphdef, state), ids_BT, rows_LBTG, layer)
 
 
 _prefix_chunk_jit = jax.jit(_prefix_chunk, static_argnums=(0, 4))

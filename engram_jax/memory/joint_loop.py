@@ -64,8 +64,8 @@ class JointOptSettings:
   # Keep term (engram_jax.memory.keep): loss += keep_weight * KL on natural-text windows where
   # the user's rows are read. It needs keep text passed to the writer; 0 disables it.
   keep_weight: float = 0.0
-  # "unembed_p": rows start at the mean UNEMBED_P slice (the reference); "table": rows start at
-  # their pretrained values, so rows that other n-grams also read keep their content at first.
+  # "unembed_p": rows start at the mean UNEMBED_P slice, as in the reference. "table": rows start
+  # at their pretrained values, so other n-grams that read a row see its content at first.
   init: str = "table"
   # loss += anchor_weight * mean over managed rows of s_r * ||value - pretrained value||^2 / W,
   # which favours spreading a fact over the rows that fire together and keeps each row near

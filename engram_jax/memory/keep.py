@@ -18,7 +18,7 @@ The windows come from text the caller passes, normally the pretraining
 train split (`train_text`), never the validation split on which locality is
 measured. Each window is one BOS token followed by `before - 1` tokens
 before a hit position and `after` tokens from it, so the hit sits at index
-`before`; the window is hashed on its own, so the rows it reads are those the
+`before`. The window is hashed on its own, so it reads the rows that the
 served model reads for that text.
 
 Shape letters: P text tokens, M windows, T window length, K top-k, L Engram
@@ -39,6 +39,7 @@ from engram_jax import hashing
 from engram_jax.data import shards
 from engram_jax.hashing import HashLayout
 from engram_jax.memory import facts as facts_lib
+from engram_jax.memory import forward
 from engram_jax.model.gpt import GPT
 
 
@@ -136,8 +137,7 @@ def draw_windows(text: KeepText, rows_R: np.ndarray, settings: KeepSettings,
 def _prefix_and_targets(graphdef, state, ids_MT, rows_LMTG, *, layer: int, before: int,
                         top_k: int):
   model = nnx.merge(graphdef, state)
-  x0_MTD = model.embed(ids_MT)
-  x_MTD, kept_MTD = model.run_blocks(x0_MTD, x0_MTD, ids_MT, rows_LMTG, start=0, stop=layer)
+  x_MTD, x0_MTD, kept_MTD = forward.prefix_activations(model, ids_MT, rows_LMTG, layer)
   full_MTD, full_kept_MTD = model.run_blocks(x_MTD, x0_MTD, ids_MT, rows_LMTG, start=layer,
                                              kept_BTD=kept_MTD)
   logits_MAV = model.logits(full_MTD[:, before:], full_kept_MTD[:, before:])
